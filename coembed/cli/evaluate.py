@@ -1,0 +1,39 @@
+"""``coembed eval``: evaluate a checkpoint on a dataset split; table on screen, JSON to a file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from coembed.cli.common import eprint, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint", description="Retrieval, zero-shot, linear probe and compositional evaluation.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (or run folder)")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--split", default="test", help="split to evaluate (default test)")
+    p.add_argument("--out", help="write the metrics JSON here")
+    p.add_argument("--json", action="store_true", help="print the metrics JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from coembed.eval.report import flatten_metrics, format_table, write_eval_json
+    from coembed.eval.suite import evaluate
+    from coembed.loading import load
+
+    loaded = load(args.checkpoint)
+    result = evaluate(loaded, args.data, args.split, log=eprint)
+    record = {"dataset": Path(args.data).name, "model": str(args.checkpoint), "split": args.split}
+    if args.out:
+        write_eval_json(args.out, **record, metrics=result.metrics, extra={"seconds": round(result.seconds, 1)})
+    if args.json:
+        print_json({**record, "metrics": result.metrics})
+    else:
+        print(format_table(flatten_metrics(result.metrics)))
+    for note in result.notes:
+        eprint(note)
+    if args.out:
+        eprint(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,42 @@
+"""Multi-head self-attention with the parameter layout of ``torch.nn.MultiheadAttention``.
+
+The names (``in_proj_weight``, ``in_proj_bias``, ``out_proj``) match OpenCLIP/OpenAI CLIP
+checkpoints so real weights load without renaming; the computation goes through
+``F.scaled_dot_product_attention`` so PyTorch picks a fused kernel where one exists.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Self-attention over a batch-first sequence.
+
+    Args:
+        width: model width (embedding size of each token).
+        heads: number of attention heads; must divide ``width``.
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+        """Attend ``x`` (B, T, width) to itself; ``causal`` hides later positions."""
+        B, T, C = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3C)
+        qkv = qkv.view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, T, head_dim)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.out_proj(y)

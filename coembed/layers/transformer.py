@@ -1,0 +1,62 @@
+"""Pre-LayerNorm Transformer encoder: the block stack shared by the image and text towers.
+
+Layout follows OpenCLIP's ``Transformer`` (``resblocks.N.ln_1 / attn / ln_2 / mlp``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+from coembed.layers.attention import Attention
+from coembed.layers.mlp import Mlp
+
+
+class ResidualAttentionBlock(nn.Module):
+    """``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, *, quick_gelu: bool = False) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = Mlp(width, int(width * mlp_ratio), quick_gelu=quick_gelu)
+
+    def forward(self, x: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), causal=causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of :class:`ResidualAttentionBlock` over batch-first sequences (B, T, width)."""
+
+    def __init__(
+        self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, *, quick_gelu: bool = False
+    ) -> None:
+        super().__init__()
+        self.width = width
+        self.resblocks = nn.ModuleList(
+            ResidualAttentionBlock(width, heads, mlp_ratio, quick_gelu=quick_gelu) for _ in range(layers)
+        )
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+        for block in self.resblocks:
+            if self.grad_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, causal=causal, use_reentrant=False)
+            else:
+                x = block(x, causal=causal)
+        return x
+
+    def init_weights(self) -> None:
+        """CLIP's initialisation: std scaled by width and depth so the residual stream stays O(1)."""
+        layers = len(self.resblocks)
+        attn_std = self.width**-0.5
+        proj_std = self.width**-0.5 * (2 * max(layers, 1)) ** -0.5
+        fc_std = (2 * self.width) ** -0.5
+        for block in self.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)

@@ -1,0 +1,104 @@
+"""CLIP / ALIGN / SigLIP dual encoder: two towers projected into one L2-normalised space.
+
+State-dict names follow OpenCLIP's ``CLIP`` class (``visual.*``, ``token_embedding``,
+``transformer.*``, ``ln_final``, ``text_projection``, ``logit_scale`` and, for SigLIP,
+``logit_bias``), so OpenAI/OpenCLIP checkpoints map onto it key for key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coembed.towers.text_transformer import TextConfig, TextTower
+from coembed.towers.vit import VisionConfig, VisionTransformer
+
+MAX_LOGIT_SCALE = 100.0
+
+
+@dataclass(kw_only=True)
+class DualEncoderConfig:
+    """A dual encoder: tower shapes, shared embedding size and the temperature set-up."""
+
+    embed_dim: int = 256
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    quick_gelu: bool = False
+    # log of the initial logit multiplier: CLIP uses 1/0.07, SigLIP uses 10.
+    init_logit_scale: float = math.log(1 / 0.07)
+    # SigLIP's learned bias (-10 in the paper); None for the softmax (CLIP/ALIGN) loss.
+    init_logit_bias: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vision, dict):
+            self.vision = VisionConfig(**self.vision)
+        if isinstance(self.text, dict):
+            self.text = TextConfig(**self.text)
+        if self.embed_dim <= 0:
+            raise ValueError(f"embed_dim must be positive, got {self.embed_dim}")
+
+    def to_dict(self) -> dict:
+        return {"family": "dual_encoder", **asdict(self)}
+
+
+@dataclass
+class DualEncoderOutput:
+    """What :meth:`DualEncoder.forward` returns: embeddings plus the temperature (and bias)."""
+
+    image_emb: torch.Tensor
+    text_emb: torch.Tensor
+    logit_scale: torch.Tensor
+    logit_bias: torch.Tensor | None
+
+
+class DualEncoder(TextTower):
+    """Image tower + causal text tower aligned in one space.
+
+    Args:
+        cfg: model configuration.
+    """
+
+    def __init__(self, cfg: DualEncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, quick_gelu=cfg.quick_gelu)
+        self._build_text(cfg.text, cfg.embed_dim, quick_gelu=cfg.quick_gelu)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+        if cfg.init_logit_bias is not None:
+            self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
+        else:
+            self.logit_bias = None
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Embed images (B, 3, H, W) -> (B, embed_dim), L2-normalised if ``normalize``."""
+        x = self.visual(images)
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Embed token ids (B, T) -> (B, embed_dim); trailing padding is trimmed first."""
+        x = self.text_head(tokens, self.text_features(tokens))
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def temperature(self) -> torch.Tensor:
+        """The logit multiplier ``exp(logit_scale)``, clamped at 100 as in CLIP."""
+        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> DualEncoderOutput:
+        return DualEncoderOutput(
+            image_emb=self.encode_image(images, normalize=True),
+            text_emb=self.encode_text(tokens, normalize=True),
+            logit_scale=self.temperature(),
+            logit_bias=self.logit_bias,
+        )
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters AdamW must not decay: gains, biases, embeddings and the temperature."""
+        names = set()
+        for name, p in self.named_parameters():
+            if p.ndim < 2 or "embedding" in name or name in ("logit_scale", "logit_bias"):
+                names.add(name)
+        return names

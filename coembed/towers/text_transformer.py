@@ -1,0 +1,116 @@
+"""Causal Transformer text tower in the OpenAI CLIP layout.
+
+Tokens -> token + learned position embeddings -> causal pre-LN Transformer -> ln_final ->
+the end-of-text token's state -> linear projection into the shared space.
+
+:class:`TextTower` holds the parameters at its top level (``token_embedding``, ``transformer``,
+``ln_final``, ``text_projection``...), which is how OpenAI/OpenCLIP ``CLIP`` state dicts name them,
+so :class:`coembed.models.dual_encoder.DualEncoder` inherits from it instead of nesting it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from coembed.layers.transformer import Transformer
+
+POOL_TYPES = ("eot", "argmax")
+
+
+@dataclass(kw_only=True)
+class TextConfig:
+    """Shape of the causal text tower and the token ids it relies on."""
+
+    vocab_size: int = 4096
+    context_length: int = 64
+    width: int = 256
+    layers: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    pad_id: int = 0
+    eot_id: int = 2
+    # "eot": first position holding eot_id; "argmax": position of the largest id (OpenAI's CLIP
+    # vocabulary puts end-of-text last, so the two agree there).
+    pool_type: str = "eot"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "width", "layers", "heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"text.{name} must be positive, got {getattr(self, name)}")
+        if self.width % self.heads:
+            raise ValueError(f"text.width ({self.width}) must be divisible by text.heads ({self.heads})")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"text.mlp_ratio must be positive, got {self.mlp_ratio}")
+        if self.pool_type not in POOL_TYPES:
+            raise ValueError(f"text.pool_type must be one of {POOL_TYPES}, got {self.pool_type!r}")
+
+
+def trim_padding(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Drop trailing columns that are padding in every row: (B, T) -> (B, T') with T' <= T.
+
+    With a causal mask no position attends to later ones, so removing trailing padding leaves every
+    remaining position's output unchanged while saving the work on the padded columns.
+    """
+    used = (tokens != pad_id).any(dim=0).nonzero()
+    length = int(used.max()) + 1 if used.numel() else 1
+    return tokens[:, :length]
+
+
+class TextTower(nn.Module):
+    """Causal text encoder with OpenAI-CLIP parameter names at the top level."""
+
+    def _build_text(self, cfg: TextConfig, output_dim: int, *, quick_gelu: bool = False) -> None:
+        self.text_cfg = cfg
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
+        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, quick_gelu=quick_gelu)
+        self.ln_final = nn.LayerNorm(cfg.width)
+        self.text_projection = nn.Parameter(torch.empty(cfg.width, output_dim))
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        nn.init.normal_(self.text_projection, std=cfg.width**-0.5)
+        self.transformer.init_weights()
+
+    def pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Position of the end-of-text token in each row: (B, T) -> (B,)."""
+        if self.text_cfg.pool_type == "argmax":
+            return tokens.argmax(dim=-1)
+        is_eot = tokens == self.text_cfg.eot_id
+        # Rows without an end token (truncated by a foreign tokenizer) pool their last non-pad
+        # token; the last *column* could be padding and would make the result depend on the batch.
+        positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        last = torch.where(tokens != self.text_cfg.pad_id, positions, 0).amax(dim=-1)
+        return torch.where(is_eot.any(dim=-1), is_eot.int().argmax(dim=-1), last)
+
+    def text_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """All token states after ``ln_final``: (B, T) -> (B, T', width), trailing padding trimmed."""
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape (batch, length), got {tuple(tokens.shape)}")
+        tokens = trim_padding(tokens, self.text_cfg.pad_id)
+        if tokens.shape[1] > self.text_cfg.context_length:
+            raise ValueError(
+                f"tokens have length {tokens.shape[1]} > context_length {self.text_cfg.context_length}"
+            )
+        x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]
+        x = self.transformer(x, causal=True)  # (B, T', width)
+        return self.ln_final(x)
+
+    def text_head(self, tokens: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """Pool the end-of-text state and project: -> (B, output_dim)."""
+        tokens = tokens[:, : states.shape[1]]
+        pooled = states[torch.arange(states.shape[0], device=states.device), self.pool_index(tokens)]
+        return pooled @ self.text_projection
+
+
+class TextTransformer(TextTower):
+    """Stand-alone text tower (used where the text encoder is not merged into a CLIP layout)."""
+
+    def __init__(self, cfg: TextConfig, output_dim: int, *, quick_gelu: bool = False) -> None:
+        super().__init__()
+        self._build_text(cfg, output_dim, quick_gelu=quick_gelu)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.text_head(tokens, self.text_features(tokens))

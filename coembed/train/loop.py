@@ -1,0 +1,265 @@
+"""The training loop for dual encoders: data, tokenizer, model, optimisation, validation, checkpoints.
+
+Determinism: the sample order of epoch ``e`` is a permutation seeded by ``(seed, e)`` and the caption
+drawn for a sample depends only on ``(seed, e, index)``, so a resumed run replays exactly the batches an
+uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from coembed.checkpoint import CHECKPOINT_DIR, resolve
+from coembed.data.datasets import ImageTextDataset, SkipReport, collate_image_text, read_samples
+from coembed.data.splits import split_root
+from coembed.errors import CheckpointError, ConfigError, TrainingDiverged
+from coembed.eval.features import embed_split
+from coembed.eval.retrieval import retrieval_metrics
+from coembed.loading import checkpoint_config, load, default_preprocess
+from coembed.losses.contrastive import clip_loss
+from coembed.models.dual_encoder import DualEncoder
+from coembed.presets import apply_overrides, get_preset
+from coembed.tokenizer import Tokenizer
+from coembed.train.config import TrainConfig
+from coembed.train.optim import build_optimizer, cosine_lr, set_lr
+from coembed.train.state import Progress, load_run_state, save_run_checkpoint
+from coembed.train.step import train_step
+
+# Settings a resumed run must share with the run it continues (others, like log_every, may change).
+RESUME_INVARIANTS = ("data", "preset", "model", "loss", "batch_size", "epochs", "max_steps", "lr", "weight_decay",
+                     "warmup_steps", "seed", "precision")
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of a seeded permutation of ``range(n)``, starting at batch ``start`` (drop-last)."""
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int, start: int = 0) -> None:
+        self.n, self.batch_size, self.seed, self.epoch, self.start = n, batch_size, seed, epoch, start
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size - self.start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        for b in range(self.start, self.n // self.batch_size):
+            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+
+
+@dataclass
+class TrainResult:
+    """Summary of a finished run."""
+
+    out: Path
+    checkpoint: Path
+    steps: int
+    samples_seen: int
+    seconds: float
+    last_loss: float
+    last_val: dict[str, float]
+    skipped: SkipReport
+
+
+@dataclass
+class _Run:
+    model: DualEncoder
+    tokenizer: Tokenizer
+    optimizer: torch.optim.Optimizer
+    progress: Progress
+    dataset: ImageTextDataset
+    val: tuple[Path, list] | None
+    total_steps: int
+    steps_per_epoch: int
+
+
+def _worker_init(_: int) -> None:
+    # Loader workers share the two cores with the training process: one thread each.
+    torch.set_num_threads(1)
+
+
+def _new_model(cfg: TrainConfig, tokenizer: Tokenizer) -> DualEncoder:
+    overrides = {"text.vocab_size": tokenizer.vocab_size, "text.pad_id": tokenizer.pad_id, "text.eot_id": tokenizer.eot_id, **cfg.model}
+    return DualEncoder(apply_overrides(get_preset(cfg.preset), overrides))
+
+
+def _check_resume_compatible(cfg: TrainConfig, saved: dict) -> None:
+    diffs = [f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in RESUME_INVARIANTS
+             if k in saved and _norm(saved[k]) != _norm(getattr(cfg, k))]
+    if diffs:
+        raise ConfigError("cannot resume with changed settings (" + "; ".join(diffs) + "); use a new --out or the old settings")
+
+
+def _norm(value):
+    return json.loads(json.dumps(value))
+
+
+def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
+    torch.manual_seed(cfg.seed)
+    train_dir = split_root(cfg.data, "train")
+    samples, skipped = read_samples(train_dir)
+    if len(samples) < cfg.batch_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {len(samples)} usable training samples in {train_dir}")
+    out = Path(cfg.out)
+    if resume:
+        model, _, tokenizer = load(resolve(out / CHECKPOINT_DIR))
+    else:
+        tokenizer = Tokenizer.train((c for s in samples for c in s.captions), vocab_size=cfg.vocab_size)
+        model = _new_model(cfg, tokenizer)
+    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
+    progress = Progress(skipped=dict(skipped.by_reason), skipped_examples=[f"{n} ({r})" for n, r in skipped.examples])
+    if resume:
+        progress, saved_cfg = load_run_state(resolve(out / CHECKPOINT_DIR), optimizer)
+        _check_resume_compatible(cfg, saved_cfg)
+    dataset = ImageTextDataset(train_dir, samples, default_preprocess(model), caption_mode="random", seed=cfg.seed)
+    steps_per_epoch = len(samples) // cfg.batch_size
+    total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    return _Run(model, tokenizer, optimizer, progress, dataset, _val_split(cfg), total, steps_per_epoch)
+
+
+def _val_split(cfg: TrainConfig) -> tuple[Path, list] | None:
+    root = split_root(cfg.data, "val", required=False)
+    if root is None or cfg.val_samples == 0:
+        return None
+    samples, _ = read_samples(root)
+    return root, samples[: cfg.val_samples]
+
+
+def _loader(run: _Run, cfg: TrainConfig, epoch: int, start: int) -> DataLoader:
+    run.dataset.set_epoch(epoch)
+    sampler = EpochBatchSampler(len(run.dataset), cfg.batch_size, seed=cfg.seed, epoch=epoch, start=start)
+    return DataLoader(run.dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate_image_text,
+                      worker_init_fn=_worker_init if cfg.workers else None, prefetch_factor=4 if cfg.workers else None)
+
+
+@torch.no_grad()
+def validate(model: DualEncoder, tokenizer: Tokenizer, root: Path, samples: list) -> dict[str, float]:
+    """Validation loss (CLIP loss over first captions) and R@1 both ways on the val split."""
+    model.eval()
+    feats = embed_split(model, tokenizer, root, samples, default_preprocess(model))
+    first = torch.tensor([int((feats.text_to_image == i).nonzero()[0]) for i in range(len(feats.samples))])
+    loss = clip_loss(feats.image_emb, feats.text_emb[first], model.temperature().float())
+    r = retrieval_metrics(feats.image_emb, feats.text_emb, feats.text_to_image, ks=(1,))
+    return {"val_loss": loss.item(), "val_t2i_r1": r["image_retrieval_recall@1"], "val_i2t_r1": r["text_retrieval_recall@1"]}
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON object per line; on resume, lines past the resumed step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None) -> None:
+        self.path = path
+        if resume_step is None:
+            path.write_text("")
+        elif path.exists():
+            kept = [ln for ln in path.read_text().splitlines() if _line_step(ln) is not None and _line_step(ln) <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in kept))
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _line_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut short by a crash
+
+
+def _save(run: _Run, cfg: TrainConfig, out: Path) -> Path:
+    config = checkpoint_config(run.model, default_preprocess(run.model), preset=cfg.preset)
+    return save_run_checkpoint(out, run.model, config, run.tokenizer.to_str(), run.optimizer, run.progress, cfg.to_dict())
+
+
+def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
+    """Train a dual encoder as configured; with ``resume``, continue ``cfg.out``'s checkpoint.
+
+    Raises:
+        TrainingDiverged: the loss or gradient became NaN/inf; the last checkpoint is left as it was.
+    """
+    out = Path(cfg.out)
+    if resume and not (out / CHECKPOINT_DIR).exists() and not (out / f"{CHECKPOINT_DIR}.old").exists():
+        raise CheckpointError(f"--resume: no checkpoint in {out} to continue from")
+    out.mkdir(parents=True, exist_ok=True)
+    run = _prepare(cfg, resume)
+    (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    log = MetricsLog(out / "metrics.jsonl", run.progress.step if resume else None)
+    skipped = SkipReport()
+    start_time, last_loss = time.perf_counter(), float("nan")
+    bar = _progress_bar(cfg, run)
+    try:
+        while run.progress.step < run.total_steps:
+            epoch, offset = divmod(run.progress.step, run.steps_per_epoch)
+            last_loss = _run_epoch(run, cfg, out, log, skipped, bar, epoch, offset)
+    finally:
+        if bar is not None:
+            bar.close()
+    checkpoint = out / CHECKPOINT_DIR
+    return TrainResult(out, checkpoint, run.progress.step, run.progress.samples_seen, time.perf_counter() - start_time,
+                       last_loss, run.progress.last_val, skipped)
+
+
+def _progress_bar(cfg: TrainConfig, run: _Run):
+    if not cfg.progress:
+        return None
+    from tqdm.auto import tqdm  # training extra; the library itself does not need it
+
+    return tqdm(total=run.total_steps, initial=run.progress.step, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _run_epoch(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog, skipped: SkipReport, bar, epoch: int, offset: int) -> float:
+    loss = float("nan")
+    window_start, window_samples = time.perf_counter(), 0
+    for batch in _loader(run, cfg, epoch, offset):
+        for name, reason in batch.skipped:
+            skipped.add(name, reason)
+            run.progress.skipped[reason] = run.progress.skipped.get(reason, 0) + 1
+        if batch.images is None or len(batch.captions) < 2:
+            run.progress.step += 1  # keep batch positions aligned with an uninterrupted run
+            continue
+        step = run.progress.step + 1
+        lr = cosine_lr(run.progress.step, base_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=run.total_steps)
+        set_lr(run.optimizer, lr)
+        tokens = run.tokenizer(batch.captions, context_length=run.model.text_cfg.context_length)
+        try:
+            result = train_step(run.model, run.optimizer, batch.images, tokens, loss_name=cfg.loss,
+                                bf16=cfg.precision == "bf16", grad_clip=cfg.grad_clip, step=step)
+        except TrainingDiverged as e:
+            kept = out / CHECKPOINT_DIR
+            where = f"the last good checkpoint {kept} (step {_saved_step(kept)}) is kept" if kept.exists() else "no checkpoint had been written yet"
+            raise TrainingDiverged(f"{e} (lr {lr:.3g}); {where}. Try a lower lr, grad_clip, or precision=fp32.") from None
+        run.progress.step, loss = step, result.loss
+        run.progress.samples_seen += len(batch.captions)
+        window_samples += len(batch.captions)
+        if step % cfg.log_every == 0 or step == run.total_steps:
+            elapsed = time.perf_counter() - window_start
+            record = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "logit_scale": run.model.temperature().item(),
+                      "grad_norm": result.grad_norm, "samples_per_s": window_samples / max(elapsed, 1e-9)}
+            log.write(record)
+            window_start, window_samples = time.perf_counter(), 0
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", sps=f"{record['samples_per_s']:.0f}")
+        if run.val and (step % cfg.val_every == 0 or step == run.total_steps):
+            run.progress.last_val = validate(run.model, run.tokenizer, *run.val)
+            log.write({"step": step, **run.progress.last_val})
+        if step % cfg.save_every == 0 or step == run.total_steps:
+            _save(run, cfg, out)
+        if bar is not None:
+            bar.update(1)
+        if step >= run.total_steps:
+            break
+    return loss
+
+
+def _saved_step(folder: Path) -> int | str:
+    try:
+        return json.loads((folder / "train_state.json").read_text())["progress"]["step"]
+    except (OSError, ValueError, KeyError):
+        return "?"

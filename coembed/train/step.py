@@ -1,0 +1,58 @@
+"""One optimisation step of a dual encoder: forward, contrastive loss, backward, clip, update."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from coembed.errors import TrainingDiverged
+from coembed.losses.contrastive import clip_loss, siglip_loss, triplet_loss
+from coembed.models.dual_encoder import DualEncoder, DualEncoderOutput
+
+
+def contrastive_loss(name: str, out: DualEncoderOutput) -> torch.Tensor:
+    """The named objective on a forward output; embeddings are promoted to float32 first."""
+    image_emb, text_emb = out.image_emb.float(), out.text_emb.float()
+    if name == "clip":
+        return clip_loss(image_emb, text_emb, out.logit_scale.float())
+    if name == "siglip":
+        if out.logit_bias is None:
+            raise ValueError("loss 'siglip' needs a model with a logit_bias (e.g. preset tiny-siglip)")
+        return siglip_loss(image_emb, text_emb, out.logit_scale.float(), out.logit_bias.float())
+    if name == "triplet":
+        return triplet_loss(image_emb, text_emb)
+    raise ValueError(f"unknown loss {name!r}")
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+
+
+def train_step(
+    model: DualEncoder,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    loss_name: str,
+    bf16: bool,
+    grad_clip: float | None,
+    step: int,
+) -> StepResult:
+    """Run one update; a non-finite loss or gradient raises before the weights change."""
+    model.train()
+    with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(images, tokens)
+    loss = contrastive_loss(loss_name, out)
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"loss became {loss.item()} at step {step}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    if not torch.isfinite(norm):
+        raise TrainingDiverged(f"gradient norm became {norm.item()} at step {step}")
+    optimizer.step()
+    return StepResult(loss=loss.item(), grad_norm=norm.item())
