@@ -1,0 +1,342 @@
+"""Image-text datasets as users bring them: a folder of images plus ``captions.jsonl`` or a CSV.
+
+Manifest formats (paths are relative to the manifest's folder unless absolute):
+
+- ``captions.jsonl``: one JSON object per line, ``{"image": "rel/path.png", "captions": ["...", ...]}``
+  (or ``"caption": "..."``); any other keys are kept as :attr:`Sample.meta`.
+- an OpenCLIP-style CSV/TSV with a ``filepath`` and a ``title`` column; rows naming the same image
+  are grouped into one sample with several captions.
+
+Bad lines (invalid JSON or UTF-8, missing or mistyped fields, empty captions, missing image files)
+are skipped and counted in a :class:`SkipReport`; images that fail to decode are skipped the same way
+when a batch is loaded. A manifest with no usable line is an error naming the file and the reasons.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils.data import Dataset
+
+from coembed.errors import DataError
+from coembed.transforms import ImageLoadError, ImageTransform, load_image
+
+MANIFEST_JSONL = "captions.jsonl"
+CSV_SUFFIXES = (".csv", ".tsv")
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+CSV_IMAGE_COLUMN, CSV_CAPTION_COLUMN = "filepath", "title"
+
+
+# ----------------------------------------------------------------------------- samples and skips
+@dataclass
+class Sample:
+    """One image and its captions.
+
+    Attributes:
+        image: path of the image, relative to the dataset folder (or absolute).
+        captions: one or more non-empty captions.
+        meta: the manifest line's other fields (for `shapes`: ``objects``, ``layout``, ...).
+    """
+
+    image: str
+    captions: tuple[str, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class SkippedSample(NamedTuple):
+    """A sample left out, and why (``"category: detail"``)."""
+
+    name: str
+    reason: str
+
+
+def skip_category(reason: str) -> str:
+    """The part of a reason before the first colon: ``"not an image: ..."`` -> ``"not an image"``."""
+    return reason.split(":", 1)[0].strip()
+
+
+@dataclass
+class SkipReport:
+    """Counts of skipped samples by reason category, with the first few names for the user.
+
+    Attributes:
+        by_reason: category -> count.
+        examples: the first ``max_examples`` skipped ``(name, full reason)`` pairs.
+        max_examples: how many examples are kept.
+    """
+
+    by_reason: dict[str, int] = field(default_factory=dict)
+    examples: list[tuple[str, str]] = field(default_factory=list)
+    max_examples: int = 20
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_reason.values())
+
+    def add(self, name: str, reason: str) -> None:
+        category = skip_category(reason)
+        self.by_reason[category] = self.by_reason.get(category, 0) + 1
+        if len(self.examples) < self.max_examples:
+            self.examples.append((name, reason))
+
+    def merge(self, other: SkipReport) -> None:
+        for category, count in other.by_reason.items():
+            self.by_reason[category] = self.by_reason.get(category, 0) + count
+        room = self.max_examples - len(self.examples)
+        self.examples.extend(other.examples[: max(room, 0)])
+
+    def summary(self, max_examples: int = 5) -> str:
+        """One line: ``skipped 3 samples (missing file 2, empty caption 1): a.png (missing file), ...``."""
+        if not self.total:
+            return "skipped 0 samples"
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.by_reason.items(), key=lambda kv: -kv[1]))
+        shown = ", ".join(f"{name} ({reason})" for name, reason in self.examples[:max_examples])
+        more = f", and {self.total - min(max_examples, len(self.examples))} more" if self.total > max_examples else ""
+        noun = "sample" if self.total == 1 else "samples"
+        return f"skipped {self.total} {noun} ({counts}): {shown}{more}"
+
+
+# ----------------------------------------------------------------------------- manifests
+def find_manifest(folder: Path) -> Path | None:
+    """``captions.jsonl`` if present, else the folder's single CSV/TSV (``captions.csv`` if several)."""
+    jsonl = folder / MANIFEST_JSONL
+    if jsonl.is_file():
+        return jsonl
+    tables = sorted(p for p in folder.iterdir() if p.suffix.lower() in CSV_SUFFIXES and p.is_file())
+    if len(tables) > 1:
+        preferred = [p for p in tables if p.stem == "captions"]
+        if len(preferred) != 1:
+            names = ", ".join(p.name for p in tables)
+            raise DataError(f"{folder} holds several CSV files ({names}); keep one or name it captions.csv")
+        return preferred[0]
+    return tables[0] if tables else None
+
+
+def read_samples(root: str | os.PathLike) -> tuple[list[Sample], SkipReport]:
+    """Read a dataset folder's manifest into samples whose image files exist.
+
+    Raises:
+        DataError: the folder does not exist, has no manifest, or has no usable sample.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"dataset folder {root} does not exist" if not root.exists() else f"{root} is not a folder")
+    manifest = find_manifest(root)
+    if manifest is None:
+        raise DataError(f"{root} has no {MANIFEST_JSONL} and no CSV file with '{CSV_IMAGE_COLUMN}' and '{CSV_CAPTION_COLUMN}' columns")
+    report = SkipReport()
+    entries = _jsonl_entries(manifest, report) if manifest.suffix == ".jsonl" else _csv_entries(manifest, report)
+    samples = _existing(root, _group(entries), report)
+    if not samples:
+        raise DataError(f"no usable samples in {manifest}: {report.summary()}")
+    return samples, report
+
+
+def _jsonl_entries(path: Path, report: SkipReport) -> Iterable[tuple[str, list[str], dict[str, Any]]]:
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path.name}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                report.add(where, "invalid UTF-8: line is not UTF-8 text")
+                continue
+            if not line.strip():
+                continue
+            entry = _parse_jsonl_line(line, where, report)
+            if entry is not None:
+                yield entry
+
+
+def _parse_jsonl_line(line: str, where: str, report: SkipReport) -> tuple[str, list[str], dict[str, Any]] | None:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        report.add(where, f"invalid JSON: {e.msg}")
+        return None
+    if not isinstance(obj, dict):
+        report.add(where, f"wrong type: expected a JSON object, got {type(obj).__name__}")
+        return None
+    image = obj.pop("image", None)
+    if not isinstance(image, str) or not image.strip():
+        report.add(where, "missing field: 'image' must be a non-empty string" if image is None
+                   else f"wrong type: 'image' must be a non-empty string, got {image!r:.60}")
+        return None
+    captions = _captions_field(obj, where, report)
+    return None if captions is None else (image.strip(), captions, obj)
+
+
+def _captions_field(obj: dict[str, Any], where: str, report: SkipReport) -> list[str] | None:
+    raw = obj.pop("captions", None)
+    single = obj.pop("caption", None)
+    if raw is None and single is None:
+        report.add(where, "missing field: 'captions' (a list of strings) or 'caption' (a string)")
+        return None
+    values = ([raw] if isinstance(raw, str) else raw or []) + ([single] if single is not None else [])
+    if not isinstance(values, list) or not all(isinstance(c, str) for c in values):
+        report.add(where, "wrong type: 'captions' must be a list of strings")
+        return None
+    return values
+
+
+def _csv_entries(path: Path, report: SkipReport) -> Iterable[tuple[str, list[str], dict[str, Any]]]:
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    header = text.split("\n", 1)[0]
+    delimiter = "\t" if header.count("\t") > header.count(",") else ","
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    missing = {CSV_IMAGE_COLUMN, CSV_CAPTION_COLUMN} - set(reader.fieldnames or [])
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}; found {reader.fieldnames}")
+    for row in reader:
+        where = f"{path.name}:{reader.line_num}"
+        image, caption = row.get(CSV_IMAGE_COLUMN), row.get(CSV_CAPTION_COLUMN)
+        if not image or not image.strip():
+            report.add(where, f"missing field: empty '{CSV_IMAGE_COLUMN}'")
+            continue
+        yield image.strip(), [caption or ""], {}
+
+
+def _group(entries: Iterable[tuple[str, list[str], dict[str, Any]]]) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """Merge entries naming the same image (first-seen order; captions deduplicated)."""
+    grouped: dict[str, tuple[str, list[str], dict[str, Any]]] = {}
+    for image, captions, meta in entries:
+        if image in grouped:
+            grouped[image][1].extend(captions)
+        else:
+            grouped[image] = (image, list(captions), meta)
+    return list(grouped.values())
+
+
+def _clean_caption(text: str) -> str:
+    return " ".join(text.replace("\x00", " ").split())
+
+
+def _existing(root: Path, entries: list[tuple[str, list[str], dict[str, Any]]], report: SkipReport) -> list[Sample]:
+    samples = []
+    for image, captions, meta in entries:
+        kept = tuple(dict.fromkeys(c for c in map(_clean_caption, captions) if c))
+        if not kept:
+            report.add(image, "empty caption: no non-blank caption")
+        elif not _is_file(root / image):
+            report.add(image, "missing file: no such image file")
+        else:
+            samples.append(Sample(image, kept, meta))
+    return samples
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # over-long or NUL-containing names
+        return False
+
+
+def iter_images(root: str | os.PathLike) -> list[str]:
+    """Relative POSIX paths of the image files under ``root`` (recursive, sorted)."""
+    root = Path(root)
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        rel = Path(folder).relative_to(root)
+        found.extend((rel / name).as_posix() for name in files if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(found)
+
+
+# ----------------------------------------------------------------------------- torch datasets
+def _load(root: Path, relpath: str, transform: ImageTransform) -> tuple[torch.Tensor | None, str | None]:
+    try:
+        return transform(load_image(root / relpath)), None
+    except ImageLoadError as e:
+        return None, e.reason
+
+
+class ImageTextDataset(Dataset):
+    """Items ``(index, image tensor or None, caption, image relpath, skip reason or None)`` for training.
+
+    With ``caption_mode="random"`` the caption of sample ``i`` in epoch ``e`` is drawn by a generator
+    seeded with ``(seed, e, i)`` only, so worker count and resumption do not change it.
+    """
+
+    def __init__(self, root: str | os.PathLike, samples: Sequence[Sample], transform: ImageTransform, *,
+                 caption_mode: str = "random", seed: int = 0) -> None:
+        if caption_mode not in ("random", "first"):
+            raise ValueError(f"caption_mode must be 'random' or 'first', got {caption_mode!r}")
+        self.root, self.samples, self.transform = Path(root), list(samples), transform
+        self.caption_mode, self.seed, self.epoch = caption_mode, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def caption(self, index: int) -> str:
+        captions = self.samples[index].captions
+        if self.caption_mode == "first" or len(captions) == 1:
+            return captions[0]
+        rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        return captions[rng.randrange(len(captions))]
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str, str, str | None]:
+        name = self.samples[index].image
+        image, reason = _load(self.root, name, self.transform)
+        return index, image, self.caption(index), name, reason
+
+
+@dataclass
+class ImageTextBatch:
+    """A collated training batch; ``images`` is None when no image in it loaded."""
+
+    images: torch.Tensor | None  # (B, 3, S, S)
+    captions: list[str]  # (B,) one per loaded image
+    indices: torch.Tensor  # (B,) dataset indices of the loaded images
+    skipped: list[SkippedSample]
+
+
+def collate_image_text(items: list[tuple[int, torch.Tensor | None, str, str, str | None]]) -> ImageTextBatch:
+    good = [(i, img, cap) for i, img, cap, _, _ in items if img is not None]
+    skipped = [SkippedSample(name, reason) for _, img, _, name, reason in items if img is None]
+    images = torch.stack([img for _, img, _ in good]) if good else None
+    return ImageTextBatch(images, [cap for _, _, cap in good], torch.tensor([i for i, _, _ in good], dtype=torch.long), skipped)
+
+
+class ImageFolderDataset(Dataset):
+    """Items ``(index, image tensor or None, relpath, skip reason or None)`` for embedding."""
+
+    def __init__(self, root: str | os.PathLike, relpaths: Sequence[str], transform: ImageTransform) -> None:
+        self.root, self.relpaths, self.transform = Path(root), list(relpaths), transform
+
+    def __len__(self) -> int:
+        return len(self.relpaths)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str, str | None]:
+        image, reason = _load(self.root, self.relpaths[index], self.transform)
+        return index, image, self.relpaths[index], reason
+
+
+@dataclass
+class ImageBatch:
+    """A collated batch of images; ``images`` is None when none loaded."""
+
+    images: torch.Tensor | None  # (B, 3, S, S)
+    indices: torch.Tensor  # (B,) positions in the relpath list
+    skipped: list[SkippedSample]  # (relpath, reason)
+
+
+def collate_images(items: list[tuple[int, torch.Tensor | None, str, str | None]]) -> ImageBatch:
+    good = [(i, img) for i, img, _, _ in items if img is not None]
+    skipped = [SkippedSample(name, reason) for _, img, name, reason in items if img is None]
+    images = torch.stack([img for _, img in good]) if good else None
+    return ImageBatch(images, torch.tensor([i for i, _ in good], dtype=torch.long), skipped)

@@ -1,0 +1,1 @@
+"""Generated benchmark data (the built-in `shapes` set)."""

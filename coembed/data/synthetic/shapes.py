@@ -1,0 +1,466 @@
+"""`shapes`: the built-in image-text benchmark (CLEVR / ShapeWorld-like scenes with true captions).
+
+Each scene holds 1-3 objects drawn from 8 shapes x 8 colours x 2 sizes on a varied background. The
+layout makes every relation a caption states well defined:
+
+- ``single``: one object in the left, middle or right third (captions name the third);
+- ``horizontal`` / ``vertical``: two objects side by side or stacked, nearly aligned on the other
+  axis, so "left of" is never true of a stacked pair and "above" never of a side-by-side one;
+- ``row``: three objects with clearly separated x positions, described left to right.
+
+Every caption names every object with its size, colour and shape, plus the relation, so a caption is
+true of exactly the scenes with the same *description key*. The test split holds no two scenes with
+one key, which makes its captions unambiguous within it. Eight colour-shape pairs (one per shape and
+one per colour) never occur in train / val / test; the ``heldout`` split is made of scenes that
+contain at least one of them. The test split also gets ``hard_negatives.jsonl``: per image, its
+canonical caption and minimally changed false ones (attributes swapped between two objects, the
+relation reversed, a count changed).
+
+Output, per split, in the format users bring: ``SPLIT/images/NNNNNN.png`` and ``SPLIT/captions.jsonl``
+lines ``{"image", "captions", "objects", "layout"}``; ``meta.json`` at the top describes the whole set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from coembed.io import atomic_write_json, atomic_write_text
+
+SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "ring", "heart")
+COLORS = {
+    "red": (215, 35, 35), "green": (40, 165, 60), "blue": (40, 80, 225), "yellow": (240, 215, 40),
+    "purple": (135, 55, 190), "orange": (250, 135, 25), "cyan": (40, 205, 215), "pink": (250, 140, 195),
+}
+SIZES = {"small": 0.09, "large": 0.155}  # radius as a fraction of the image side
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "heldout": 3}
+# One colour per shape (a permutation: every shape and every colour keeps 7 of its 8 partners).
+HELDOUT_PAIRS = tuple((list(COLORS)[(3 * i + 1) % len(COLORS)], shape) for i, shape in enumerate(SHAPES))
+LAYOUT_WEIGHTS = {"single": 0.25, "horizontal": 0.25, "vertical": 0.15, "row": 0.35}
+CAPTIONS_PER_IMAGE = 5
+SUPERSAMPLE = 2
+FORMAT_VERSION = 1
+
+SIZE_WORDS = {"small": ("small", "small", "little", "tiny"), "large": ("large", "big", "big", "large")}
+SHAPE_WORDS = {"circle": ("circle", "circle", "disc"), "square": ("square",), "triangle": ("triangle",),
+               "diamond": ("diamond", "diamond", "rhombus"), "star": ("star",), "cross": ("cross", "cross", "plus sign"),
+               "ring": ("ring", "ring", "donut"), "heart": ("heart",)}
+PLURALS = {"cross": "crosses", "plus sign": "plus signs", "rhombus": "rhombuses"}
+LEFT_OF = ("to the left of", "left of", "on the left of")
+RIGHT_OF = ("to the right of", "right of", "on the right of")
+ABOVE = ("above", "over", "on top of")
+BELOW = ("below", "under", "beneath")
+PREFIXES = ("", "", "", "a picture of ", "an image of ", "there is ", "a photo of ")
+POSITIONS = ("left", "middle", "right")
+POSITION_WORDS = {"left": ("on the left", "on the left side", "at the left"),
+                  "middle": ("in the middle", "in the center", "in the centre"),
+                  "right": ("on the right", "on the right side", "at the right")}
+
+
+@dataclass(kw_only=True)
+class ShapesConfig:
+    """What ``coembed data shapes`` generates.
+
+    Attributes:
+        image_size: side of the square PNG images in pixels (at least 32).
+        train: training images.
+        val: validation images.
+        test: test images (at most the number of distinct descriptions, about 150,000).
+        heldout: images of the held-out-compositions split.
+        seed: everything is a function of the seed.
+        workers: processes that render images.
+    """
+
+    image_size: int = 64
+    train: int = 20000
+    val: int = 1000
+    test: int = 1000
+    heldout: int = 500
+    seed: int = 0
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "train", "val", "test", "heldout", "seed", "workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if self.image_size < 32:
+            raise ValueError(f"image_size must be at least 32 pixels, got {self.image_size}")
+        for name in ("train", "val", "test", "heldout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+
+
+# ----------------------------------------------------------------------------- scenes
+@dataclass(frozen=True)
+class Obj:
+    shape: str
+    color: str
+    size: str
+    x: float  # centre, as a fraction of the image side
+    y: float
+
+    def attrs(self) -> tuple[str, str, str]:
+        return (self.size, self.color, self.shape)
+
+
+@dataclass(frozen=True)
+class Scene:
+    layout: str
+    objects: tuple[Obj, ...]  # single: 1; horizontal: left, right; vertical: top, bottom; row: left to right
+    position: str = ""  # single only: left / middle / right
+
+    def key(self) -> tuple:
+        """Equal for two scenes exactly when every caption of one is true of the other."""
+        return (self.layout, self.position, tuple(o.attrs() for o in self.objects))
+
+
+def _pick_attrs(rng: random.Random, n: int, heldout: bool) -> list[tuple[str, str, str]]:
+    """``n`` distinct (size, colour, shape); heldout scenes contain at least one held-out pair."""
+    banned = set(HELDOUT_PAIRS)
+    while True:
+        picks = []
+        for _ in range(n):
+            color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+            picks.append((rng.choice(list(SIZES)), color, shape))
+        pairs = {(c, s) for _, c, s in picks}
+        if len(set(picks)) < n:
+            continue
+        if heldout:
+            if not pairs & banned:
+                i = rng.randrange(n)
+                color, shape = rng.choice(HELDOUT_PAIRS)
+                picks[i] = (picks[i][0], color, shape)
+                if len(set(picks)) < n:
+                    continue
+        elif pairs & banned:
+            continue
+        return picks
+
+
+def _radius(size: str) -> float:
+    return SIZES[size]
+
+
+def _place_axis(rng: random.Random, radii: list[float], gap: float, margin: float = 0.02) -> list[float] | None:
+    """Centres along one axis, in order, with at least ``gap`` between neighbouring edges."""
+    free = 1.0 - 2 * margin - 2 * sum(radii) - gap * (len(radii) - 1)
+    if free < 0:
+        return None
+    cuts = sorted(rng.random() * free for _ in radii)  # free space split into len+1 parts
+    pos, edge = [], margin
+    for i, r in enumerate(radii):
+        edge += cuts[i] - (cuts[i - 1] if i else 0.0)
+        pos.append(edge + r)
+        edge += 2 * r + gap
+    return pos
+
+
+def _free(rng: random.Random, r: float, lo: float = 0.0, hi: float = 1.0, margin: float = 0.02) -> float:
+    return rng.uniform(max(lo, margin + r), min(hi, 1 - margin - r))
+
+
+def sample_scene(rng: random.Random, heldout: bool = False) -> Scene:
+    """One random scene with well-defined relations."""
+    layout = rng.choices(list(LAYOUT_WEIGHTS), weights=list(LAYOUT_WEIGHTS.values()))[0]
+    n = {"single": 1, "horizontal": 2, "vertical": 2, "row": 3}[layout]
+    while True:
+        attrs = _pick_attrs(rng, n, heldout)
+        radii = [_radius(a[0]) for a in attrs]
+        scene = _layout(rng, layout, attrs, radii)
+        if scene is not None:
+            return scene
+
+
+def _layout(rng: random.Random, layout: str, attrs: list[tuple[str, str, str]], radii: list[float]) -> Scene | None:
+    make = lambda a, x, y: Obj(shape=a[2], color=a[1], size=a[0], x=round(x, 4), y=round(y, 4))  # noqa: E731
+    if layout == "single":
+        position = rng.choice(POSITIONS)
+        third = POSITIONS.index(position) / 3
+        x = _free(rng, radii[0], third + 0.04, third + 1 / 3 - 0.04) if position == "middle" else _free(rng, radii[0], third, third + 1 / 3)
+        return Scene(layout, (make(attrs[0], x, _free(rng, radii[0])),), position)
+    along = _place_axis(rng, radii, gap=0.08 if layout != "row" else 0.05)
+    if along is None:
+        return None
+    if layout == "row":
+        return Scene(layout, tuple(make(a, x, _free(rng, r)) for a, x, r in zip(attrs, along, radii)))
+    across = _free(rng, max(radii))
+    jitter = [across + rng.uniform(-0.03, 0.03) for _ in radii]
+    if layout == "horizontal":
+        return Scene(layout, tuple(make(a, x, y) for a, x, y in zip(attrs, along, jitter)))
+    return Scene(layout, tuple(make(a, x, y) for a, x, y in zip(attrs, jitter, along)))
+
+
+# ----------------------------------------------------------------------------- captions
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def object_phrase(obj: Obj, rng: random.Random | None = None, *, plural: bool = False) -> str:
+    """``"a small red circle"``; with ``rng`` a random synonym, with ``plural`` ``"two small red circles"``."""
+    pick = (lambda options: options[0]) if rng is None else rng.choice
+    size, shape = pick(SIZE_WORDS[obj.size]), pick(SHAPE_WORDS[obj.shape])
+    if plural:
+        return f"two {size} {obj.color} {PLURALS.get(shape, shape + 's')}"
+    return f"{_article(size)} {size} {obj.color} {shape}"
+
+
+def _templates(scene: Scene, a: Callable[[int], str], rng: random.Random) -> list[str]:
+    """All phrasings of the scene; ``a(i)`` gives a (random-synonym) phrase of object i."""
+    pick = rng.choice
+    if scene.layout == "single":
+        where = POSITION_WORDS[scene.position]
+        return [f"{a(0)} {pick(where)}", f"{pick(where)} there is {a(0)}", f"{a(0)} {pick(where)} of the image",
+                f"{pick(where)}, {a(0)}", f"a picture with {a(0)} {pick(where)}"]
+    if scene.layout == "horizontal":
+        return [f"{a(0)} {pick(LEFT_OF)} {a(1)}", f"{a(1)} {pick(RIGHT_OF)} {a(0)}",
+                f"{a(0)} on the left and {a(1)} on the right", f"{a(1)} on the right and {a(0)} on the left",
+                f"{pick(LEFT_OF)} {a(1)} there is {a(0)}", f"{a(0)} and {a(1)}, from left to right"]
+    if scene.layout == "vertical":
+        return [f"{a(0)} {pick(ABOVE)} {a(1)}", f"{a(1)} {pick(BELOW)} {a(0)}",
+                f"{a(0)} at the top and {a(1)} at the bottom", f"{a(1)} at the bottom and {a(0)} at the top",
+                f"{pick(BELOW)} {a(0)} there is {a(1)}", f"{a(0)} and {a(1)}, from top to bottom"]
+    return [f"{a(0)}, {a(1)} and {a(2)} from left to right", f"from left to right: {a(0)}, {a(1)}, {a(2)}",
+            f"{a(2)}, {a(1)} and {a(0)} from right to left", f"{a(0)} {pick(LEFT_OF)} {a(1)}, which is {pick(LEFT_OF)} {a(2)}",
+            f"{a(0)} on the left, {a(1)} in the middle and {a(2)} on the right",
+            f"three shapes: {a(0)}, {a(1)} and {a(2)}, left to right"]
+
+
+def canonical_caption(scene: Scene) -> str:
+    """The one fixed phrasing, used as the positive of the hard-negative file."""
+    a = lambda i: object_phrase(scene.objects[i])  # noqa: E731
+    if scene.layout == "single":
+        return f"{a(0)} {POSITION_WORDS[scene.position][0]}"
+    if scene.layout == "horizontal":
+        return f"{a(0)} to the left of {a(1)}"
+    if scene.layout == "vertical":
+        return f"{a(0)} above {a(1)}"
+    return f"{a(0)}, {a(1)} and {a(2)} from left to right"
+
+
+def captions(scene: Scene, rng: random.Random, n: int = CAPTIONS_PER_IMAGE) -> list[str]:
+    """``n`` distinct true captions: the canonical one first, then varied templates and synonyms."""
+    out = [canonical_caption(scene)]
+    for _ in range(50):
+        if len(out) >= n:
+            break
+        phrase = lambda i: object_phrase(scene.objects[i], rng)  # noqa: E731
+        text = rng.choice(_templates(scene, phrase, rng))
+        if rng.random() < 0.3 and not text.startswith(("there", "a picture", "from", "three", "on", "at", "in")):
+            text = rng.choice(PREFIXES) + text
+        if text not in out:
+            out.append(text)
+    return out
+
+
+def hard_negatives(scene: Scene) -> list[dict[str, str]]:
+    """Minimal false variants of the canonical caption, each with its ``type``."""
+    objs = list(scene.objects)
+    out = []
+    if len(objs) >= 2:
+        i, j = _differing_pair(objs)
+        attr = next(f for f in ("color", "shape", "size") if getattr(objs[i], f) != getattr(objs[j], f))
+        swapped = list(objs)
+        swapped[i] = Obj(**{**asdict(objs[i]), attr: getattr(objs[j], attr)})
+        swapped[j] = Obj(**{**asdict(objs[j]), attr: getattr(objs[i], attr)})
+        out.append({"caption": canonical_caption(Scene(scene.layout, tuple(swapped), scene.position)), "type": "swap_attributes"})
+    out.append({"caption": _relation_swapped(scene), "type": "swap_relation"})
+    counted = canonical_caption(scene).replace(object_phrase(objs[0]), object_phrase(objs[0], plural=True), 1)
+    out.append({"caption": counted, "type": "change_count"})
+    return out
+
+
+def _differing_pair(objs: list[Obj]) -> tuple[int, int]:
+    """The first pair of objects whose colours differ, else the first pair."""
+    pairs = [(i, j) for i in range(len(objs)) for j in range(i + 1, len(objs))]
+    return next(((i, j) for i, j in pairs if objs[i].color != objs[j].color), pairs[0])
+
+
+def _relation_swapped(scene: Scene) -> str:
+    a = lambda i: object_phrase(scene.objects[i])  # noqa: E731
+    if scene.layout == "single":
+        other = {"left": "right", "middle": "left", "right": "left"}[scene.position]
+        return f"{a(0)} {POSITION_WORDS[other][0]}"
+    if scene.layout == "horizontal":
+        return f"{a(0)} to the right of {a(1)}"
+    if scene.layout == "vertical":
+        return f"{a(0)} below {a(1)}"
+    return f"{a(0)}, {a(1)} and {a(2)} from right to left"
+
+
+# ----------------------------------------------------------------------------- rendering
+def _polygon(cx: float, cy: float, r: float, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [(cx + px * r, cy + py * r) for px, py in points]
+
+
+def _star_points(n: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
+    out = []
+    for k in range(2 * n):
+        rad = 1.0 if k % 2 == 0 else inner
+        ang = -math.pi / 2 + k * math.pi / n
+        out.append((rad * math.cos(ang), rad * math.sin(ang)))
+    return out
+
+
+_STAR = _star_points()
+_TRIANGLE = [(0.0, -1.0), (0.93, 0.72), (-0.93, 0.72)]
+_DIAMOND = [(0.0, -1.0), (0.72, 0.0), (0.0, 1.0), (-0.72, 0.0)]
+
+
+def draw_object(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple[int, int, int]) -> None:
+    """Draw one shape of radius ``r`` centred at ``(cx, cy)`` (pixels)."""
+    box = lambda s: [cx - s * r, cy - s * r, cx + s * r, cy + s * r]  # noqa: E731
+    if shape == "circle":
+        draw.ellipse(box(0.92), fill=fill)
+    elif shape == "square":
+        draw.rectangle(box(0.8), fill=fill)
+    elif shape == "triangle":
+        draw.polygon(_polygon(cx, cy + 0.1 * r, r, _TRIANGLE), fill=fill)
+    elif shape == "diamond":
+        draw.polygon(_polygon(cx, cy, r, _DIAMOND), fill=fill)
+    elif shape == "star":
+        draw.polygon(_polygon(cx, cy + 0.08 * r, 1.08 * r, _STAR), fill=fill)
+    elif shape == "cross":
+        t = 0.34 * r
+        draw.rectangle([cx - r, cy - t, cx + r, cy + t], fill=fill)
+        draw.rectangle([cx - t, cy - r, cx + t, cy + r], fill=fill)
+    elif shape == "ring":
+        draw.ellipse(box(0.95), outline=fill, width=max(1, round(0.38 * r)))
+    elif shape == "heart":
+        s = 0.52 * r
+        draw.ellipse([cx - 2 * s, cy - 0.9 * r, cx, cy - 0.9 * r + 2 * s], fill=fill)
+        draw.ellipse([cx, cy - 0.9 * r, cx + 2 * s, cy - 0.9 * r + 2 * s], fill=fill)
+        draw.polygon([(cx - 0.98 * r, cy - 0.25 * r), (cx + 0.98 * r, cy - 0.25 * r), (cx, cy + r)], fill=fill)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+
+
+def _background(rng: np.random.Generator, side: int) -> np.ndarray:
+    """A neutral grey with a slight tint, a linear gradient and pixel noise: (side, side, 3) uint8."""
+    base = rng.uniform(75, 185) + rng.uniform(-12, 12, size=3)
+    angle = rng.uniform(0, 2 * math.pi)
+    ramp = np.linspace(-1, 1, side)
+    grad = np.cos(angle) * ramp[None, :] + np.sin(angle) * ramp[:, None]
+    img = base[None, None, :] + rng.uniform(0, 22) * grad[:, :, None] + rng.normal(0, 5, size=(side, side, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def render(scene: Scene, image_size: int, seed: int | list[int]) -> Image.Image:
+    """Draw the scene (supersampled, then reduced) with colour jitter from ``seed``."""
+    rng = np.random.default_rng(seed)
+    side = image_size * SUPERSAMPLE
+    img = Image.fromarray(_background(rng, side))
+    draw = ImageDraw.Draw(img)
+    for obj in scene.objects:
+        fill = tuple(int(np.clip(c + rng.integers(-14, 15), 0, 255)) for c in COLORS[obj.color])
+        r = _radius(obj.size) * side * rng.uniform(0.93, 1.05)
+        draw_object(draw, obj.shape, obj.x * side, obj.y * side, r, fill)
+    return img.reduce(SUPERSAMPLE)
+
+
+def _render_job(job: tuple[Scene, int, list[int], str]) -> None:
+    scene, size, seed, path = job
+    render(scene, size, seed).save(path, compress_level=1)
+
+
+# ----------------------------------------------------------------------------- generation
+def sample_split(split: str, n: int, seed: int) -> list[Scene]:
+    """The scenes of one split; test scenes have pairwise distinct description keys."""
+    rng = random.Random(f"shapes-{seed}-{split}")
+    scenes, seen = [], set()
+    attempts = 0
+    while len(scenes) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise ValueError(f"cannot find {n} distinct {split} scenes; ask for fewer")
+        scene = sample_scene(rng, heldout=split == "heldout")
+        if split == "test":
+            if scene.key() in seen:
+                continue
+            seen.add(scene.key())
+        scenes.append(scene)
+    return scenes
+
+
+def _line(scene: Scene, image: str, rng: random.Random) -> dict[str, Any]:
+    objects = [asdict(o) for o in scene.objects]
+    extra = {"position": scene.position} if scene.position else {}
+    return {"image": image, "captions": captions(scene, rng), "layout": scene.layout, **extra, "objects": objects}
+
+
+def zeroshot_templates() -> dict[str, list[str]]:
+    """Prompt ensembles in the captions' own words: each class prompt is averaged over the other
+    attributes (the role CLIP's 80 hand-written templates play for ImageNet)."""
+    return {"shape": [f"a {size} {color} {{}}" for size in SIZES for color in COLORS],
+            "color": [f"a {size} {{}} {shape}" for size in SIZES for shape in SHAPES]}
+
+
+def _meta(cfg: ShapesConfig) -> dict[str, Any]:
+    return {
+        "name": "shapes", "format_version": FORMAT_VERSION, "image_size": cfg.image_size, "seed": cfg.seed,
+        "splits": {s: getattr(cfg, s) for s in SPLIT_IDS}, "shapes": list(SHAPES), "colors": list(COLORS),
+        "sizes": list(SIZES), "heldout_pairs": [list(p) for p in HELDOUT_PAIRS],
+        "layouts": LAYOUT_WEIGHTS, "captions_per_image": CAPTIONS_PER_IMAGE, "zeroshot_templates": zeroshot_templates(),
+    }
+
+
+def generate(cfg: ShapesConfig, out: str | os.PathLike, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Write the dataset to ``out`` and return its ``meta.json`` content.
+
+    Scenes and captions are drawn in this process, images rendered by ``cfg.workers`` processes;
+    ``meta.json`` is written last, so its presence marks a complete dataset.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)
+    jobs = []
+    for split, split_id in SPLIT_IDS.items():
+        jobs += _write_manifests(cfg, out, split, split_id)
+    _render_all(jobs, cfg.workers, progress)
+    meta = _meta(cfg)
+    atomic_write_json(out / "meta.json", meta)
+    return meta
+
+
+def _write_manifests(cfg: ShapesConfig, out: Path, split: str, split_id: int) -> list[tuple[Scene, int, list[int], str]]:
+    n = getattr(cfg, split)
+    root = out / split
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    scenes = sample_split(split, n, cfg.seed)
+    rng = random.Random(f"captions-{cfg.seed}-{split}")
+    lines = [_line(s, f"images/{i:06d}.png", rng) for i, s in enumerate(scenes)]
+    atomic_write_text(root / "captions.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
+    if split == "test":
+        negs = [{"image": x["image"], "positive": canonical_caption(s), "negatives": hard_negatives(s)} for x, s in zip(lines, scenes)]
+        atomic_write_text(root / "hard_negatives.jsonl", "".join(json.dumps(x) + "\n" for x in negs))
+    return [(s, cfg.image_size, [cfg.seed, split_id, i], str(root / x["image"])) for i, (s, x) in enumerate(zip(scenes, lines))]
+
+
+def _render_all(jobs: list, workers: int, progress: Callable[[int, int], None] | None) -> None:
+    total, chunk = len(jobs), 256
+    if progress:
+        progress(0, total)
+    if workers == 1 or total < 2 * chunk:
+        for i, job in enumerate(jobs, start=1):
+            _render_job(job)
+            if progress and (i % chunk == 0 or i == total):
+                progress(i, total)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        done = 0
+        for _ in pool.map(_render_job, jobs, chunksize=chunk):
+            done += 1
+            if progress and (done % chunk == 0 or done == total):
+                progress(done, total)
