@@ -44,7 +44,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
+        self._check_types()
         checks = [
             (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
@@ -65,12 +65,65 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
 
+    def _check_types(self) -> None:
+        """Coerce and type-check fields, so a wrong type is reported by name instead of as a
+        ``TypeError`` from a comparison; values come from YAML and ``--set``, not from Python."""
+        for name in ("data", "out"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                setattr(self, name, os.fspath(value))
+        for name in _STR_FIELDS:
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        for name in _INT_FIELDS + _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if value is not None or name not in _OPTIONAL_FIELDS:
+                setattr(self, name, _number(name, value, integer=name in _INT_FIELDS))
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = tuple(_number("betas", b, integer=False) for b in self.betas)
+        if not isinstance(self.progress, bool):
+            raise ValueError(f"progress must be true or false, got {self.progress!r}")
+        if not isinstance(self.model, dict):
+            raise ValueError(f"model must be a mapping of model settings, got {self.model!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+_STR_FIELDS = ("data", "out", "preset", "loss", "precision")
+_INT_FIELDS = ("batch_size", "max_steps", "warmup_steps", "workers", "seed", "vocab_size", "log_every", "val_every",
+               "save_every", "val_samples")
+_FLOAT_FIELDS = ("epochs", "lr", "weight_decay", "eps", "grad_clip")
+_OPTIONAL_FIELDS = ("max_steps", "grad_clip")
+
+
+def _number(name: str, value: Any, *, integer: bool) -> int | float:
+    """``value`` as an int or float, or a ValueError naming the field.
+
+    Strings are parsed because PyYAML reads exponents without a dot (``1e-3``) as strings.
+    """
+    kind = "an integer" if integer else "a number"
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{name} must be {kind}, got {value!r}") from None
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if not integer:
+        return float(number)
+    if isinstance(number, float) and not number.is_integer():
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return int(number)
+
+
 def _parse_value(text: str) -> Any:
-    """YAML scalar parsing so ``--set lr=3e-4`` gives a float and ``--set max_steps=null`` None."""
+    """YAML scalar parsing so ``--set lr=0.5`` gives a float and ``--set max_steps=null`` None.
+
+    PyYAML leaves ``3e-4`` a string; :class:`TrainConfig` parses numeric fields given as strings.
+    """
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -103,27 +156,45 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def _model_section(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: 'model' must be a mapping of model settings, got {value!r}")
+    return dict(value)
+
+
+_REQUIRED = {"data": "the dataset folder to train on", "out": "the run folder for checkpoints and metrics"}
+
+
 def build_train_config(base: dict[str, Any], file: str | None = None, sets: list[str] | None = None) -> TrainConfig:
     """Merge defaults < config file < ``--set`` overrides < explicit command-line values in ``base``.
 
     ``model.*`` keys in ``--set`` go to the model overrides (``model.vision.layers=6``).
+
+    Raises:
+        ConfigError: unreadable file, malformed ``--set``, unknown or invalid setting, or a missing
+            ``data`` / ``out``; the message names the setting.
     """
-    merged: dict[str, Any] = {}
-    if file:
-        merged.update(read_yaml(file))
-    model = dict(merged.pop("model", {}) or {})
+    merged: dict[str, Any] = read_yaml(file) if file else {}
+    model = _model_section(merged.pop("model", None), f"config file {file}")
     for key, value in parse_sets(sets or []).items():
         if key.startswith("model."):
             model[key.removeprefix("model.")] = value
+        elif key == "model":
+            model.update(_model_section(value, "--set model"))
         else:
             merged[key] = value
     merged.update({k: v for k, v in base.items() if v is not None})
+    model.update(_model_section(merged.pop("model", None), "model"))
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(merged) - known)
     if unknown:
         raise ConfigError(f"unknown training setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    merged["model"] = {**dict(merged.get("model") or {}), **model}
+    for name, what in _REQUIRED.items():
+        if merged.get(name) in (None, ""):
+            raise ConfigError(f"--{name} is required: {what} (give --{name} or set '{name}:' in the config file)")
     try:
-        return TrainConfig(**merged)
+        return TrainConfig(**merged, model=model)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid training setting: {e}") from None

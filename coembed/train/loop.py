@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Sampler
 from coembed.checkpoint import CHECKPOINT_DIR, resolve
 from coembed.data.datasets import ImageTextDataset, SkipReport, collate_image_text, read_samples
 from coembed.data.splits import split_root
-from coembed.errors import CheckpointError, ConfigError, TrainingDiverged
+from coembed.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from coembed.eval.features import embed_split
 from coembed.eval.retrieval import retrieval_metrics
 from coembed.loading import checkpoint_config, load, default_preprocess
@@ -31,7 +31,7 @@ from coembed.tokenizer import Tokenizer
 from coembed.train.config import TrainConfig
 from coembed.train.optim import build_optimizer, cosine_lr, set_lr
 from coembed.train.state import Progress, load_run_state, save_run_checkpoint
-from coembed.train.step import train_step
+from coembed.train.step import StepResult, train_step
 
 # Settings a resumed run must share with the run it continues (others, like log_every, may change).
 RESUME_INVARIANTS = ("data", "preset", "model", "loss", "batch_size", "epochs", "max_steps", "lr", "weight_decay",
@@ -65,7 +65,7 @@ class TrainResult:
     seconds: float
     last_loss: float
     last_val: dict[str, float]
-    skipped: SkipReport
+    skipped: SkipReport  # metadata lines skipped, plus each image that failed to load (once)
 
 
 @dataclass
@@ -78,6 +78,9 @@ class _Run:
     val: tuple[Path, list] | None
     total_steps: int
     steps_per_epoch: int
+    read_skips: SkipReport  # lines of the metadata file that were skipped
+    skipped_names: set[str] = field(default_factory=set)  # images that failed to load in this session
+    empty_batches: int = 0  # consecutive batches without one loadable image
 
 
 def _worker_init(_: int) -> None:
@@ -113,6 +116,9 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
     else:
         tokenizer = Tokenizer.train((c for s in samples for c in s.captions), vocab_size=cfg.vocab_size)
         model = _new_model(cfg, tokenizer)
+    if cfg.loss == "siglip" and model.logit_bias is None:
+        raise ConfigError(f"loss 'siglip' needs a model with a logit_bias, and preset {cfg.preset!r} has none; "
+                          "use preset tiny-siglip or set model.init_logit_bias")
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
     progress = Progress(skipped=dict(skipped.by_reason), skipped_examples=[f"{n} ({r})" for n, r in skipped.examples])
     if resume:
@@ -121,7 +127,7 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
     dataset = ImageTextDataset(train_dir, samples, default_preprocess(model), caption_mode="random", seed=cfg.seed)
     steps_per_epoch = len(samples) // cfg.batch_size
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    return _Run(model, tokenizer, optimizer, progress, dataset, _val_split(cfg), total, steps_per_epoch)
+    return _Run(model, tokenizer, optimizer, progress, dataset, _val_split(cfg), total, steps_per_epoch, skipped)
 
 
 def _val_split(cfg: TrainConfig) -> tuple[Path, list] | None:
@@ -135,8 +141,12 @@ def _val_split(cfg: TrainConfig) -> tuple[Path, list] | None:
 def _loader(run: _Run, cfg: TrainConfig, epoch: int, start: int) -> DataLoader:
     run.dataset.set_epoch(epoch)
     sampler = EpochBatchSampler(len(run.dataset), cfg.batch_size, seed=cfg.seed, epoch=epoch, start=start)
+    # Its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG at
+    # every iteration, so a run resumed mid-epoch would continue with a different RNG state.
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
     return DataLoader(run.dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate_image_text,
-                      worker_init_fn=_worker_init if cfg.workers else None, prefetch_factor=4 if cfg.workers else None)
+                      worker_init_fn=_worker_init if cfg.workers else None, prefetch_factor=4 if cfg.workers else None,
+                      generator=generator)
 
 
 @torch.no_grad()
@@ -183,15 +193,19 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
 
     Raises:
         TrainingDiverged: the loss or gradient became NaN/inf; the last checkpoint is left as it was.
+        DataError: the data folder is missing or holds no usable sample.
+        ConfigError: invalid settings, or settings a resumed run may not change.
+        CheckpointError: ``resume`` without a readable checkpoint in ``cfg.out``.
     """
     out = Path(cfg.out)
     if resume and not (out / CHECKPOINT_DIR).exists() and not (out / f"{CHECKPOINT_DIR}.old").exists():
         raise CheckpointError(f"--resume: no checkpoint in {out} to continue from")
-    out.mkdir(parents=True, exist_ok=True)
     run = _prepare(cfg, resume)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a user error must not leave an empty run folder
     (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     log = MetricsLog(out / "metrics.jsonl", run.progress.step if resume else None)
     skipped = SkipReport()
+    skipped.merge(run.read_skips)
     start_time, last_loss = time.perf_counter(), float("nan")
     bar = _progress_bar(cfg, run)
     try:
@@ -218,34 +232,25 @@ def _run_epoch(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog, skipped:
     loss = float("nan")
     window_start, window_samples = time.perf_counter(), 0
     for batch in _loader(run, cfg, epoch, offset):
-        for name, reason in batch.skipped:
-            skipped.add(name, reason)
-            run.progress.skipped[reason] = run.progress.skipped.get(reason, 0) + 1
-        if batch.images is None or len(batch.captions) < 2:
-            run.progress.step += 1  # keep batch positions aligned with an uninterrupted run
-            continue
+        _record_skips(run, batch, skipped)
         step = run.progress.step + 1
-        lr = cosine_lr(run.progress.step, base_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=run.total_steps)
-        set_lr(run.optimizer, lr)
-        tokens = run.tokenizer(batch.captions, context_length=run.model.text_cfg.context_length)
-        try:
-            result = train_step(run.model, run.optimizer, batch.images, tokens, loss_name=cfg.loss,
-                                bf16=cfg.precision == "bf16", grad_clip=cfg.grad_clip, step=step)
-        except TrainingDiverged as e:
-            kept = out / CHECKPOINT_DIR
-            where = f"the last good checkpoint {kept} (step {_saved_step(kept)}) is kept" if kept.exists() else "no checkpoint had been written yet"
-            raise TrainingDiverged(f"{e} (lr {lr:.3g}); {where}. Try a lower lr, grad_clip, or precision=fp32.") from None
-        run.progress.step, loss = step, result.loss
-        run.progress.samples_seen += len(batch.captions)
-        window_samples += len(batch.captions)
-        if step % cfg.log_every == 0 or step == run.total_steps:
-            elapsed = time.perf_counter() - window_start
-            record = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "logit_scale": run.model.temperature().item(),
-                      "grad_norm": result.grad_norm, "samples_per_s": window_samples / max(elapsed, 1e-9)}
-            log.write(record)
-            window_start, window_samples = time.perf_counter(), 0
-            if bar is not None:
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", sps=f"{record['samples_per_s']:.0f}")
+        if batch.images is None or len(batch.captions) < 2:
+            run.progress.step = step  # keep batch positions aligned with an uninterrupted run
+            _check_not_all_bad(run, skipped)
+        else:
+            run.empty_batches = 0
+            result, lr = _train_batch(run, cfg, out, batch, step)
+            run.progress.step, loss = step, result.loss
+            run.progress.samples_seen += len(batch.captions)
+            window_samples += len(batch.captions)
+            if step % cfg.log_every == 0 or step == run.total_steps:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "logit_scale": run.model.temperature().item(),
+                          "grad_norm": result.grad_norm, "samples_per_s": window_samples / max(elapsed, 1e-9)}
+                log.write(record)
+                window_start, window_samples = time.perf_counter(), 0
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", sps=f"{record['samples_per_s']:.0f}")
         if run.val and (step % cfg.val_every == 0 or step == run.total_steps):
             run.progress.last_val = validate(run.model, run.tokenizer, *run.val)
             log.write({"step": step, **run.progress.last_val})
@@ -256,6 +261,39 @@ def _run_epoch(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog, skipped:
         if step >= run.total_steps:
             break
     return loss
+
+
+def _train_batch(run: _Run, cfg: TrainConfig, out: Path, batch, step: int) -> tuple[StepResult, float]:
+    """One optimisation step on ``batch``; returns its result and learning rate."""
+    lr = cosine_lr(step - 1, base_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=run.total_steps)
+    set_lr(run.optimizer, lr)
+    tokens = run.tokenizer(batch.captions, context_length=run.model.text_cfg.context_length)
+    try:
+        result = train_step(run.model, run.optimizer, batch.images, tokens, loss_name=cfg.loss,
+                            bf16=cfg.precision == "bf16", grad_clip=cfg.grad_clip, step=step)
+    except TrainingDiverged as e:
+        kept = out / CHECKPOINT_DIR
+        where = f"the last good checkpoint {kept} (step {_saved_step(kept)}) is kept" if kept.exists() else "no checkpoint had been written yet"
+        raise TrainingDiverged(f"{e} (lr {lr:.3g}); {where}. Try a lower lr, grad_clip, or precision=fp32.") from None
+    return result, lr
+
+
+def _record_skips(run: _Run, batch, skipped: SkipReport) -> None:
+    """Count each unloadable image once per session, however many epochs meet it."""
+    for name, reason in batch.skipped:
+        if name in run.skipped_names:
+            continue
+        run.skipped_names.add(name)
+        skipped.add(name, reason)
+        run.progress.skipped[reason] = run.progress.skipped.get(reason, 0) + 1
+
+
+def _check_not_all_bad(run: _Run, skipped: SkipReport) -> None:
+    """Stop once a whole epoch's worth of batches in a row had no loadable image: nothing can be learnt."""
+    run.empty_batches += 1
+    if run.empty_batches >= run.steps_per_epoch:
+        raise DataError(f"no usable training sample in {run.dataset.root}: {run.empty_batches} batches in a row "
+                        f"had fewer than two loadable images ({skipped.summary()})")
 
 
 def _saved_step(folder: Path) -> int | str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from coembed.errors import TrainingDiverged
 from coembed.losses.contrastive import clip_loss, siglip_loss, triplet_loss
-from coembed.models.dual_encoder import DualEncoder, DualEncoderOutput
+from coembed.models.dual_encoder import MAX_LOGIT_SCALE, DualEncoder, DualEncoderOutput
 
 
 def contrastive_loss(name: str, out: DualEncoderOutput) -> torch.Tensor:
@@ -55,4 +56,6 @@ def train_step(
     if not torch.isfinite(norm):
         raise TrainingDiverged(f"gradient norm became {norm.item()} at step {step}")
     optimizer.step()
+    with torch.no_grad():  # as OpenCLIP: keep the learned temperature within [1, 100]
+        model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
     return StepResult(loss=loss.item(), grad_norm=norm.item())
