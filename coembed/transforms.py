@@ -192,11 +192,22 @@ class ImageTransform:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """Resize, crop and normalise one image (any mode; converted to RGB if needed)."""
+        return self.normalize(torch.from_numpy(self.pixels(img)))
+
+    def pixels(self, img: Image.Image) -> np.ndarray:
+        """The resized and cropped RGB pixels, ``(S, S, 3)`` uint8: what an image cache stores."""
         img = self.resize(img)
         if img.mode != "RGB":
             img = img.convert("RGB")
-        arr = np.asarray(img, dtype=np.float32) / 255.0  # (S, S, 3)
-        x = torch.from_numpy(arr).permute(2, 0, 1)  # (3, S, S)
+        return np.asarray(img, dtype=np.uint8)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels ``(..., S, S, 3)`` -> normalised float32 ``(..., 3, S, S)``.
+
+        The same float32 operations whether applied to one image or a cached batch, so both give
+        bit-identical tensors.
+        """
+        x = (pixels.to(torch.float32) / 255.0).movedim(-1, -3)  # (..., 3, S, S)
         mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
         return ((x - mean) / std).contiguous()

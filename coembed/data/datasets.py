@@ -19,7 +19,7 @@ import io
 import json
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -276,8 +276,29 @@ class ImageTextDataset(Dataset):
         self.root, self.samples, self.transform = Path(root), list(samples), transform
         self.caption_mode, self.seed, self.epoch = caption_mode, seed, 0
 
+        self._cache: torch.Tensor | None = None  # (N, S, S, 3) uint8 after preload()
+        self._cache_errors: dict[int, str] = {}
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def preload(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Decode every image once into an in-memory uint8 cache; returns the cache size in bytes.
+
+        Images that fail are remembered with their reason and still reported per batch, as without
+        the cache. Items from the cache equal freshly decoded ones bit for bit.
+        """
+        size = self.transform.image_size
+        cache = torch.zeros((len(self.samples), size, size, 3), dtype=torch.uint8)
+        for i, sample in enumerate(self.samples):
+            try:
+                cache[i] = torch.from_numpy(self.transform.pixels(load_image(self.root / sample.image)))
+            except ImageLoadError as e:
+                self._cache_errors[i] = e.reason
+            if progress and ((i + 1) % 1000 == 0 or i + 1 == len(self.samples)):
+                progress(i + 1, len(self.samples))
+        self._cache = cache
+        return cache.numel()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -291,7 +312,12 @@ class ImageTextDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str, str, str | None]:
         name = self.samples[index].image
-        image, reason = _load(self.root, name, self.transform)
+        if self._cache is None:
+            image, reason = _load(self.root, name, self.transform)
+        elif index in self._cache_errors:
+            image, reason = None, self._cache_errors[index]
+        else:
+            image, reason = self.transform.normalize(self._cache[index]), None
         return index, image, self.caption(index), name, reason
 
 

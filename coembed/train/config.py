@@ -34,7 +34,8 @@ class TrainConfig:
     eps: float = 1e-6
     grad_clip: float | None = 1.0
     precision: str = "bf16"
-    workers: int = 1
+    workers: int = 1  # DataLoader processes; unused with cache_images
+    cache_images: bool = False  # decode training images once into RAM (uint8) and batch in-process
     seed: int = 0
     vocab_size: int = 1024
     log_every: int = 10
@@ -82,8 +83,9 @@ class TrainConfig:
         if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         self.betas = tuple(_number("betas", b, integer=False) for b in self.betas)
-        if not isinstance(self.progress, bool):
-            raise ValueError(f"progress must be true or false, got {self.progress!r}")
+        for name in ("progress", "cache_images"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.model, dict):
             raise ValueError(f"model must be a mapping of model settings, got {self.model!r}")
 

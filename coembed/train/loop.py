@@ -125,6 +125,8 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
         progress, saved_cfg = load_run_state(resolve(out / CHECKPOINT_DIR), optimizer)
         _check_resume_compatible(cfg, saved_cfg)
     dataset = ImageTextDataset(train_dir, samples, default_preprocess(model), caption_mode="random", seed=cfg.seed)
+    if cfg.cache_images:
+        dataset.preload()
     steps_per_epoch = len(samples) // cfg.batch_size
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     return _Run(model, tokenizer, optimizer, progress, dataset, _val_split(cfg), total, steps_per_epoch, skipped)
@@ -144,8 +146,9 @@ def _loader(run: _Run, cfg: TrainConfig, epoch: int, start: int) -> DataLoader:
     # Its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG at
     # every iteration, so a run resumed mid-epoch would continue with a different RNG state.
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-    return DataLoader(run.dataset, batch_sampler=sampler, num_workers=cfg.workers, collate_fn=collate_image_text,
-                      worker_init_fn=_worker_init if cfg.workers else None, prefetch_factor=4 if cfg.workers else None,
+    workers = 0 if cfg.cache_images else cfg.workers  # cached batches cost less than shipping them from a worker
+    return DataLoader(run.dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate_image_text,
+                      worker_init_fn=_worker_init if workers else None, prefetch_factor=4 if workers else None,
                       generator=generator)
 
 

@@ -315,3 +315,13 @@ def test_other_losses_train(preset: str, loss: str, shapes_data: Path, tiny_sett
 def test_siglip_needs_a_bias(shapes_data: Path, tiny_settings: dict, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="siglip.*logit_bias.*tiny-siglip"):
         train(_cfg(shapes_data, tmp_path / "run", tiny_settings, preset="tiny", loss="siglip", max_steps=2))
+
+
+def test_cached_images_train_exactly_like_decoding(shapes_data: Path, tiny_settings: dict, tmp_path: Path) -> None:
+    kw = {"max_steps": 3, "log_every": 1, "val_every": 100}
+    train(_cfg(shapes_data, tmp_path / "plain", tiny_settings, **kw))
+    train(_cfg(shapes_data, tmp_path / "cached", tiny_settings, cache_images=True, **kw))
+    assert _strip_speed(_lines(tmp_path / "plain")) == _strip_speed(_lines(tmp_path / "cached"))
+    want = read_tensors(tmp_path / "plain" / "checkpoint" / "model.safetensors")
+    got = read_tensors(tmp_path / "cached" / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(want[k], got[k]) for k in want)
