@@ -18,12 +18,21 @@ from coembed.towers.vit import VisionConfig
 
 
 def _tiny() -> DualEncoderConfig:
-    # Sized to train on a 2-core CPU in minutes on 64 px `shapes` images.
+    # Sized to train on a 2-core CPU in minutes on 64 px `shapes` images: the demo's model. The
+    # hybrid conv stem learns object shapes from far fewer samples than a plain patch embedding
+    # (see coembed/layers/patch_embed.py); width 128 trains ~2x faster than 256 for equal R@1.
     return DualEncoderConfig(
-        embed_dim=256,
-        vision=VisionConfig(image_size=64, patch_size=8, width=256, layers=4, heads=4),
-        text=TextConfig(vocab_size=1024, context_length=48, width=256, layers=3, heads=4),
+        embed_dim=128,
+        vision=VisionConfig(image_size=64, patch_size=8, width=128, layers=4, heads=2, stem="conv"),
+        text=TextConfig(vocab_size=1024, context_length=48, width=128, layers=3, heads=2),
     )
+
+
+def _tiny_patch() -> DualEncoderConfig:
+    # `tiny` with OpenCLIP's plain conv1 patch embedding: the same layout as real ViT checkpoints.
+    cfg = _tiny()
+    cfg.vision.stem = "patch"
+    return cfg
 
 
 def _vit_b_32() -> DualEncoderConfig:
@@ -44,6 +53,7 @@ def _tiny_siglip() -> DualEncoderConfig:
 
 _PRESETS: dict[str, Callable[[], DualEncoderConfig]] = {
     "tiny": _tiny,
+    "tiny-patch": _tiny_patch,
     "tiny-siglip": _tiny_siglip,
     "vit-b-32": _vit_b_32,
 }

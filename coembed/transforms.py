@@ -199,7 +199,7 @@ class ImageTransform:
         img = self.resize(img)
         if img.mode != "RGB":
             img = img.convert("RGB")
-        return np.asarray(img, dtype=np.uint8)
+        return np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only arrays
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels ``(..., S, S, 3)`` -> normalised float32 ``(..., 3, S, S)``.

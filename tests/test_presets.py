@@ -39,8 +39,15 @@ def test_get_preset_returns_fresh_copies() -> None:
     a.embed_dim = 3
     a.vision.layers = 99
     b = get_preset("tiny")
-    assert b.embed_dim == 256 and b.vision.layers == 4
+    assert b.embed_dim == 128 and b.vision.layers == 4 and b.vision.stem == "conv"
     assert b.vision is not get_preset("tiny").vision
+
+
+def test_tiny_patch_is_tiny_in_the_openclip_layout() -> None:
+    tiny, patch = get_preset("tiny"), get_preset("tiny-patch")
+    assert patch.vision.stem == "patch" and get_preset("vit-b-32").vision.stem == "patch"
+    patch.vision.stem = "conv"
+    assert patch == tiny
 
 
 def test_vit_b_32_preset_shapes() -> None:
@@ -69,8 +76,8 @@ def test_apply_overrides_dotted_keys() -> None:
     cfg = apply_overrides(base, {"vision.layers": 2, "text.context_length": 32, "embed_dim": 64})
     assert (cfg.vision.layers, cfg.text.context_length, cfg.embed_dim) == (2, 32, 64)
     # Everything else untouched, and the input config is not modified.
-    assert cfg.vision.width == base.vision.width == 256
-    assert base.vision.layers == 4 and base.embed_dim == 256
+    assert cfg.vision.width == base.vision.width == 128
+    assert base.vision.layers == 4 and base.embed_dim == 128
 
 
 def test_apply_overrides_nested_dict_updates_only_named_fields() -> None:

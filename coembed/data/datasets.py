@@ -263,17 +263,19 @@ def _load(root: Path, relpath: str, transform: ImageTransform) -> tuple[torch.Te
 
 
 class ImageTextDataset(Dataset):
-    """Items ``(index, image tensor or None, caption, image relpath, skip reason or None)`` for training.
+    """Items ``(index, image tensor or None, caption, image relpath, skip reason or None)`` for training,
+    plus a hard-negative caption (or None) with ``with_negatives``.
 
     With ``caption_mode="random"`` the caption of sample ``i`` in epoch ``e`` is drawn by a generator
     seeded with ``(seed, e, i)`` only, so worker count and resumption do not change it.
     """
 
     def __init__(self, root: str | os.PathLike, samples: Sequence[Sample], transform: ImageTransform, *,
-                 caption_mode: str = "random", seed: int = 0) -> None:
+                 caption_mode: str = "random", seed: int = 0, with_negatives: bool = False) -> None:
         if caption_mode not in ("random", "first"):
             raise ValueError(f"caption_mode must be 'random' or 'first', got {caption_mode!r}")
         self.root, self.samples, self.transform = Path(root), list(samples), transform
+        self.with_negatives = with_negatives
         self.caption_mode, self.seed, self.epoch = caption_mode, seed, 0
 
         self._cache: torch.Tensor | None = None  # (N, S, S, 3) uint8 after preload()
@@ -310,6 +312,17 @@ class ImageTextDataset(Dataset):
         rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
         return captions[rng.randrange(len(captions))]
 
+    def negative(self, index: int) -> str | None:
+        """A hard-negative caption from the sample's ``negatives`` metadata (seeded like :meth:`caption`)."""
+        negatives = self.samples[index].meta.get("negatives")
+        if not isinstance(negatives, list):
+            return None
+        negatives = [n for n in negatives if isinstance(n, str) and n.strip()]
+        if not negatives:
+            return None
+        rng = random.Random(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) * 7 + 1)
+        return negatives[rng.randrange(len(negatives))]
+
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str, str, str | None]:
         name = self.samples[index].image
         if self._cache is None:
@@ -318,7 +331,8 @@ class ImageTextDataset(Dataset):
             image, reason = None, self._cache_errors[index]
         else:
             image, reason = self.transform.normalize(self._cache[index]), None
-        return index, image, self.caption(index), name, reason
+        item = (index, image, self.caption(index), name, reason)
+        return (*item, self.negative(index)) if self.with_negatives else item
 
 
 @dataclass
@@ -329,13 +343,17 @@ class ImageTextBatch:
     captions: list[str]  # (B,) one per loaded image
     indices: torch.Tensor  # (B,) dataset indices of the loaded images
     skipped: list[SkippedSample]
+    negatives: list[str] = field(default_factory=list)  # hard-negative captions of the loaded images, if any
 
 
-def collate_image_text(items: list[tuple[int, torch.Tensor | None, str, str, str | None]]) -> ImageTextBatch:
-    good = [(i, img, cap) for i, img, cap, _, _ in items if img is not None]
-    skipped = [SkippedSample(name, reason) for _, img, _, name, reason in items if img is None]
-    images = torch.stack([img for _, img, _ in good]) if good else None
-    return ImageTextBatch(images, [cap for _, _, cap in good], torch.tensor([i for i, _, _ in good], dtype=torch.long), skipped)
+def collate_image_text(items: list[tuple]) -> ImageTextBatch:
+    """Collate ``(index, image, caption, name, reason[, negative])`` items, dropping failed images."""
+    good = [item for item in items if item[1] is not None]
+    skipped = [SkippedSample(item[3], item[4]) for item in items if item[1] is None]
+    images = torch.stack([item[1] for item in good]) if good else None
+    negatives = [item[5] for item in good if len(item) > 5 and item[5] is not None]
+    return ImageTextBatch(images, [item[2] for item in good], torch.tensor([item[0] for item in good], dtype=torch.long),
+                          skipped, negatives)
 
 
 class ImageFolderDataset(Dataset):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["clip_logits", "clip_loss", "siglip_loss", "triplet_loss"]
+__all__ = ["clip_logits", "clip_loss", "negclip_loss", "siglip_loss", "triplet_loss"]
 
 
 def _check_pair(image_emb: Tensor, text_emb: Tensor) -> None:
@@ -82,6 +82,33 @@ def clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float) 
         Scalar loss (float32, or float64 for float64 inputs).
     """
     logits_per_image, logits_per_text = clip_logits(image_emb, text_emb, logit_scale)
+    targets = torch.arange(image_emb.shape[0], device=image_emb.device)
+    return (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)) / 2
+
+
+def negclip_loss(image_emb: Tensor, text_emb: Tensor, negative_emb: Tensor, logit_scale: Tensor | float) -> Tensor:
+    """CLIP loss with extra hard-negative captions (NegCLIP, Yuksekgonul et al., 2023).
+
+    Image-to-text: each image's softmax runs over the ``B`` captions of the batch *and* the ``N``
+    negative captions (all of them false for every image). Text-to-image: as in :func:`clip_loss`
+    (negative captions have no image to retrieve). With ``N = 0`` this is :func:`clip_loss`.
+
+    Args:
+        image_emb: ``(B, D)`` normalised image embeddings.
+        text_emb: ``(B, D)`` normalised captions, row ``i`` true of image ``i``.
+        negative_emb: ``(N, D)`` normalised false captions.
+        logit_scale: The multiplier (``exp`` of the learned log-scale), scalar.
+
+    Returns:
+        Scalar loss (float32, or float64 for float64 inputs).
+    """
+    _check_pair(image_emb, text_emb)
+    _check_scalar(logit_scale, "logit_scale")
+    if negative_emb.ndim != 2 or negative_emb.shape[1] != image_emb.shape[1]:
+        raise ValueError(f"negative_emb must be (N, {image_emb.shape[1]}), got shape {tuple(negative_emb.shape)}")
+    texts = torch.cat([text_emb, negative_emb.to(text_emb.dtype)])  # (B + N, D)
+    logits_per_image = logit_scale * _similarities(image_emb, texts)  # (B, B + N)
+    logits_per_text = logits_per_image[:, : image_emb.shape[0]].T  # (B, B)
     targets = torch.arange(image_emb.shape[0], device=image_emb.device)
     return (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)) / 2
 

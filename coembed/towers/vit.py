@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from coembed.layers.patch_embed import ConvStem, stem_channels
 from coembed.layers.transformer import Transformer
 
 
@@ -24,6 +25,7 @@ class VisionConfig:
     layers: int = 6
     heads: int = 4
     mlp_ratio: float = 4.0
+    stem: str = "patch"  # "patch": OpenCLIP's single conv1; "conv": a stack of 3x3 convs (ConvStem)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "width", "layers", "heads"):
@@ -37,6 +39,10 @@ class VisionConfig:
             raise ValueError(f"vision.width ({self.width}) must be divisible by vision.heads ({self.heads})")
         if not self.mlp_ratio > 0:
             raise ValueError(f"vision.mlp_ratio must be positive, got {self.mlp_ratio}")
+        if self.stem not in ("patch", "conv"):
+            raise ValueError(f"vision.stem must be 'patch' or 'conv', got {self.stem!r}")
+        if self.stem == "conv":
+            stem_channels(self.patch_size, self.width)  # raises for a patch size it cannot build
 
     @property
     def grid_size(self) -> int:
@@ -56,7 +62,10 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         width, scale = cfg.width, cfg.width**-0.5
-        self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
+        if cfg.stem == "conv":
+            self.stem = ConvStem(cfg.patch_size, width)
+        else:
+            self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(cfg.grid_size**2 + 1, width))
         self.ln_pre = nn.LayerNorm(width)
@@ -66,7 +75,7 @@ class VisionTransformer(nn.Module):
 
     def patchify(self, images: torch.Tensor) -> torch.Tensor:
         """Embed patches: (B, 3, H, W) -> (B, grid*grid, width)."""
-        x = self.conv1(images)  # (B, width, grid, grid)
+        x = self.stem(images) if self.cfg.stem == "conv" else self.conv1(images)  # (B, width, grid, grid)
         return x.flatten(2).transpose(1, 2)  # (B, grid*grid, width)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:

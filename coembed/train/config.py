@@ -24,6 +24,7 @@ class TrainConfig:
     preset: str = "tiny"
     model: dict[str, Any] = field(default_factory=dict)  # dotted overrides of the preset
     loss: str = "clip"
+    hard_negatives: bool = False  # NegCLIP: add each sample's manifest "negatives" captions to the softmax
     batch_size: int = 128
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs when set
@@ -49,6 +50,7 @@ class TrainConfig:
         checks = [
             (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
+            (not self.hard_negatives or self.loss == "clip", f"hard_negatives needs loss 'clip', got {self.loss!r}"),
             (self.batch_size >= 2, f"batch_size must be >= 2 (contrastive losses need negatives), got {self.batch_size}"),
             (self.epochs > 0, f"epochs must be positive, got {self.epochs}"),
             (self.max_steps is None or self.max_steps > 0, f"max_steps must be positive, got {self.max_steps}"),
@@ -83,7 +85,7 @@ class TrainConfig:
         if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         self.betas = tuple(_number("betas", b, integer=False) for b in self.betas)
-        for name in ("progress", "cache_images"):
+        for name in ("progress", "cache_images", "hard_negatives"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.model, dict):

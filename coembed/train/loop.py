@@ -34,7 +34,7 @@ from coembed.train.state import Progress, load_run_state, save_run_checkpoint
 from coembed.train.step import StepResult, train_step
 
 # Settings a resumed run must share with the run it continues (others, like log_every, may change).
-RESUME_INVARIANTS = ("data", "preset", "model", "loss", "batch_size", "epochs", "max_steps", "lr", "weight_decay",
+RESUME_INVARIANTS = ("data", "preset", "model", "loss", "hard_negatives", "batch_size", "epochs", "max_steps", "lr", "weight_decay",
                      "warmup_steps", "seed", "precision")
 
 
@@ -116,6 +116,8 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
     else:
         tokenizer = Tokenizer.train((c for s in samples for c in s.captions), vocab_size=cfg.vocab_size)
         model = _new_model(cfg, tokenizer)
+    if cfg.hard_negatives and not any(s.meta.get("negatives") for s in samples):
+        raise ConfigError(f"hard_negatives is on but no training sample in {train_dir} has a 'negatives' list of false captions")
     if cfg.loss == "siglip" and model.logit_bias is None:
         raise ConfigError(f"loss 'siglip' needs a model with a logit_bias, and preset {cfg.preset!r} has none; "
                           "use preset tiny-siglip or set model.init_logit_bias")
@@ -124,7 +126,8 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
     if resume:
         progress, saved_cfg = load_run_state(resolve(out / CHECKPOINT_DIR), optimizer)
         _check_resume_compatible(cfg, saved_cfg)
-    dataset = ImageTextDataset(train_dir, samples, default_preprocess(model), caption_mode="random", seed=cfg.seed)
+    dataset = ImageTextDataset(train_dir, samples, default_preprocess(model), caption_mode="random", seed=cfg.seed,
+                               with_negatives=cfg.hard_negatives)
     if cfg.cache_images:
         dataset.preload()
     steps_per_epoch = len(samples) // cfg.batch_size
@@ -270,10 +273,12 @@ def _train_batch(run: _Run, cfg: TrainConfig, out: Path, batch, step: int) -> tu
     """One optimisation step on ``batch``; returns its result and learning rate."""
     lr = cosine_lr(step - 1, base_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=run.total_steps)
     set_lr(run.optimizer, lr)
-    tokens = run.tokenizer(batch.captions, context_length=run.model.text_cfg.context_length)
+    context = run.model.text_cfg.context_length
+    tokens = run.tokenizer(batch.captions, context_length=context)
+    negatives = run.tokenizer(batch.negatives, context_length=context) if batch.negatives else None
     try:
         result = train_step(run.model, run.optimizer, batch.images, tokens, loss_name=cfg.loss,
-                            bf16=cfg.precision == "bf16", grad_clip=cfg.grad_clip, step=step)
+                            bf16=cfg.precision == "bf16", grad_clip=cfg.grad_clip, step=step, negative_tokens=negatives)
     except TrainingDiverged as e:
         kept = out / CHECKPOINT_DIR
         where = f"the last good checkpoint {kept} (step {_saved_step(kept)}) is kept" if kept.exists() else "no checkpoint had been written yet"

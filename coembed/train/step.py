@@ -8,13 +8,20 @@ from dataclasses import dataclass
 import torch
 
 from coembed.errors import TrainingDiverged
-from coembed.losses.contrastive import clip_loss, siglip_loss, triplet_loss
+from coembed.losses.contrastive import clip_loss, negclip_loss, siglip_loss, triplet_loss
 from coembed.models.dual_encoder import MAX_LOGIT_SCALE, DualEncoder, DualEncoderOutput
 
 
-def contrastive_loss(name: str, out: DualEncoderOutput) -> torch.Tensor:
-    """The named objective on a forward output; embeddings are promoted to float32 first."""
+def contrastive_loss(name: str, out: DualEncoderOutput, negative_emb: torch.Tensor | None = None) -> torch.Tensor:
+    """The named objective on a forward output; embeddings are promoted to float32 first.
+
+    ``negative_emb`` (hard-negative captions, ``clip`` only) turns CLIP's loss into NegCLIP's.
+    """
     image_emb, text_emb = out.image_emb.float(), out.text_emb.float()
+    if negative_emb is not None:
+        if name != "clip":
+            raise ValueError(f"hard negatives work with loss 'clip' only, got {name!r}")
+        return negclip_loss(image_emb, text_emb, negative_emb.float(), out.logit_scale.float())
     if name == "clip":
         return clip_loss(image_emb, text_emb, out.logit_scale.float())
     if name == "siglip":
@@ -42,12 +49,17 @@ def train_step(
     bf16: bool,
     grad_clip: float | None,
     step: int,
+    negative_tokens: torch.Tensor | None = None,
 ) -> StepResult:
-    """Run one update; a non-finite loss or gradient raises before the weights change."""
+    """Run one update; a non-finite loss or gradient raises before the weights change.
+
+    ``negative_tokens`` are hard-negative captions added to every image's softmax (NegCLIP).
+    """
     model.train()
     with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(images, tokens)
-    loss = contrastive_loss(loss_name, out)
+        negatives = model.encode_text(negative_tokens, normalize=True) if negative_tokens is not None else None
+    loss = contrastive_loss(loss_name, out) if negatives is None else contrastive_loss(loss_name, out, negatives)
     if not torch.isfinite(loss):
         raise TrainingDiverged(f"loss became {loss.item()} at step {step}")
     optimizer.zero_grad(set_to_none=True)

@@ -199,3 +199,19 @@ def test_preloaded_items_equal_decoded_ones_bit_for_bit(folder) -> None:
         assert a[0] == b[0] and a[2:] == b[2:]  # index, caption, name, reason
         assert (a[1] is None and b[1] is None) or torch.equal(a[1], b[1])
     assert cached[3][1] is None and skip_category(cached[3][4]) == "not an image"
+
+
+def test_hard_negative_captions(folder) -> None:
+    root, samples = folder
+    samples[0].meta["negatives"] = ["false one", "false two"]
+    samples[1].meta["negatives"] = ["", 5]  # nothing usable
+    ds = ImageTextDataset(root, samples, TRANSFORM, seed=1, with_negatives=True)
+    assert ds.negative(0) in ("false one", "false two") and ds.negative(1) is None and ds.negative(2) is None
+    picks = set()
+    for epoch in range(10):
+        ds.set_epoch(epoch)
+        picks.add(ds.negative(0))
+    assert picks == {"false one", "false two"}
+    batch = collate_image_text([ds[i] for i in range(6)])
+    assert batch.negatives == [ds.negative(0)] and len(batch.captions) == 5
+    assert collate_image_text([ImageTextDataset(root, samples, TRANSFORM)[0]]).negatives == []

@@ -212,3 +212,19 @@ def test_deterministic_for_a_seed_whatever_the_workers(tmp_path: Path) -> None:
 def test_config_errors_name_the_field(field: str, value, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ShapesConfig(**{field: value})
+
+
+def test_training_negatives_change_one_attribute_of_one_object(data: Path) -> None:
+    banned = {tuple(p) for p in HELDOUT_PAIRS}
+    for split in ("train", "val"):
+        for line in _lines(data / split / "captions.jsonl"):
+            truth = scene_key(line)
+            assert 1 <= len(line["negatives"]) <= 4
+            for neg in line["negatives"]:
+                key = parse(neg)
+                assert key[:2] == truth[:2] and key != truth  # same layout, false
+                changed = [(a, b) for a, b in zip(key[2], truth[2]) if a != b]
+                assert len(changed) == 1 and sum(x != y for x, y in zip(*changed[0])) == 1, (neg, line["captions"][0])
+                assert not any((c, s) in banned for _, c, s in key[2])
+    for split in ("test", "heldout"):
+        assert not any("negatives" in x for x in _lines(data / split / "captions.jsonl"))

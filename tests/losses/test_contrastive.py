@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from coembed.losses.contrastive import clip_logits, clip_loss, siglip_loss, triplet_loss
+from coembed.losses.contrastive import clip_logits, clip_loss, negclip_loss, siglip_loss, triplet_loss
 
 # ----------------------------------------------------------------------------- naive references
 # Plain Python floats (float64) and explicit loops; gradients by central finite differences of these
@@ -257,3 +257,33 @@ def test_scalar_and_margin_errors():
         siglip_loss(img, txt, 1.0, torch.zeros(2))
     with pytest.raises(ValueError, match=r"margin must be >= 0, got -0.1"):
         triplet_loss(img, txt, margin=-0.1)
+
+
+# ----------------------------------------------------------------------------- NegCLIP
+def ref_negclip(img, txt, neg, scale):
+    n = len(img)
+    logits = [[scale * dot(img[i], t) for t in txt + neg] for i in range(n)]
+    i2t = sum(logsumexp(logits[i]) - logits[i][i] for i in range(n)) / n
+    t2i = sum(logsumexp([logits[i][j] for i in range(n)]) - logits[j][j] for j in range(n)) / n
+    return (i2t + t2i) / 2
+
+
+@pytest.mark.parametrize(("scale", "n_neg"), [(14.3, 3), (1.0, 9), (100.0, 1)])
+def test_negclip_loss_matches_reference_values_and_gradients(scale, n_neg):
+    img, txt = random_pair()
+    neg, _ = random_pair(b=n_neg, seed=1)
+    img_t, txt_t, neg_t, scale_t = leaf(img), leaf(txt), leaf(neg), leaf(scale)
+    loss = negclip_loss(img_t, txt_t, neg_t, scale_t)
+    loss.backward()
+    ref_args = [img.tolist(), txt.tolist(), neg.tolist(), scale]
+    assert_close(loss, ref_negclip(*ref_args))
+    for got, want in zip((img_t, txt_t, neg_t, scale_t), numeric_grad(ref_negclip, ref_args)):
+        assert_close(got.grad, want)
+
+
+def test_negclip_without_negatives_is_clip_and_negatives_raise_the_loss():
+    img, txt = random_pair()
+    assert_close(negclip_loss(img, txt, torch.zeros(0, 5, dtype=torch.float64), 14.3), clip_loss(img, txt, 14.3).item())
+    assert negclip_loss(img, txt, txt[:2] * 0.9, 14.3) > clip_loss(img, txt, 14.3)
+    with pytest.raises(ValueError, match=r"negative_emb must be \(N, 5\)"):
+        negclip_loss(img, txt, torch.zeros(3, 4, dtype=torch.float64), 14.3)

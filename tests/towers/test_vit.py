@@ -153,3 +153,54 @@ def test_vit_b_32_state_dict_matches_openclip_layout() -> None:
     assert expected["proj"] == (768, 512)
     assert got == expected
     assert sum(int(np.prod(s)) for s in got.values()) == 87_849_216  # OpenAI ViT-B/32 visual
+
+
+# ----------------------------------------------------------------------------- conv stem
+def test_stem_channels() -> None:
+    from coembed.layers.patch_embed import stem_channels
+
+    assert stem_channels(8, 128) == [16, 32, 64] and stem_channels(2, 24) == [12] and stem_channels(16, 64) == [8, 8, 16, 32]
+    for bad in (1, 6, 12):
+        with pytest.raises(ValueError, match="power-of-two patch_size"):
+            stem_channels(bad, 64)
+
+
+def _manual_stem(vit: VisionTransformer, images: torch.Tensor, *, training: bool) -> torch.Tensor:
+    """The stem written out with functional ops: per stage conv3x3 -> batch norm -> relu -> max-pool."""
+    mods = list(vit.stem.layers)
+    x = images
+    for i in range(0, len(mods) - 1, 4):
+        conv, bn = mods[i], mods[i + 1]
+        x = F.conv2d(x, conv.weight, None, padding=1)
+        if training:
+            mean, var = x.mean((0, 2, 3), keepdim=True), x.var((0, 2, 3), unbiased=False, keepdim=True)
+        else:
+            mean, var = bn.running_mean.view(1, -1, 1, 1), bn.running_var.view(1, -1, 1, 1)
+        x = (x - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+        x = F.max_pool2d(torch.relu(x), 2)
+    last = mods[-1]
+    x = F.conv2d(x, last.weight, last.bias)  # (B, width, grid, grid)
+    return x.flatten(2).transpose(1, 2)
+
+
+def test_conv_stem_matches_manual_pipeline_in_train_and_eval() -> None:
+    vit = _small(stem="conv")
+    assert not hasattr(vit, "conv1")
+    images = torch.randn(3, 3, 16, 16)
+    want = _manual_stem(vit, images, training=True)
+    torch.testing.assert_close(vit.patchify(images), want, atol=1e-5, rtol=1e-5)
+    assert want.shape == (3, 16, 24)  # 4x4 grid of width 24
+    vit.eval()
+    torch.testing.assert_close(vit.patchify(images), _manual_stem(vit, images, training=False), atol=1e-5, rtol=1e-5)
+    vit.train()
+    out = vit(images)
+    assert out.shape == (3, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in vit.parameters())
+
+
+def test_conv_stem_config_validation() -> None:
+    with pytest.raises(ValueError, match="vision.stem must be 'patch' or 'conv'"):
+        VisionConfig(stem="resnet")
+    with pytest.raises(ValueError, match="power-of-two"):
+        VisionConfig(image_size=60, patch_size=6, stem="conv")

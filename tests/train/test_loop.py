@@ -325,3 +325,16 @@ def test_cached_images_train_exactly_like_decoding(shapes_data: Path, tiny_setti
     want = read_tensors(tmp_path / "plain" / "checkpoint" / "model.safetensors")
     got = read_tensors(tmp_path / "cached" / "checkpoint" / "model.safetensors")
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_hard_negatives_train_and_need_negatives(shapes_data: Path, tiny_settings: dict, tmp_path: Path) -> None:
+    result = train(_cfg(shapes_data, tmp_path / "neg", tiny_settings, hard_negatives=True, max_steps=2, log_every=1))
+    assert result.steps == 2 and all(torch.isfinite(torch.tensor([x["loss"] for x in _lines(tmp_path / "neg") if "loss" in x])))
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    lines = _copy_samples(shapes_data / "train", plain, 40)
+    _write_jsonl(plain / "captions.jsonl", [{k: v for k, v in x.items() if k != "negatives"} for x in lines])
+    with pytest.raises(ConfigError, match="hard_negatives is on but no training sample.*'negatives'"):
+        train(_cfg(plain, tmp_path / "run", tiny_settings, hard_negatives=True, max_steps=2))
+    with pytest.raises(ValueError, match="hard_negatives needs loss 'clip'"):
+        _cfg(shapes_data, tmp_path / "run2", tiny_settings, hard_negatives=True, loss="triplet", max_steps=2)

@@ -33,7 +33,7 @@ def _names(model: nn.Module, params: list[torch.Tensor]) -> list[str]:
     return [by_id[id(p)] for p in params]
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-siglip"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny-patch", "tiny-siglip"])
 def test_groups_split_decay_exactly(preset: str) -> None:
     model = _model(preset)
     decay, no_decay = param_groups(model, weight_decay=0.2)
@@ -42,13 +42,15 @@ def test_groups_split_decay_exactly(preset: str) -> None:
     all_names = {n for n, _ in model.named_parameters()}
     assert set(_names(model, decay["params"])) == all_names - _expected_no_decay(model)
     # Sanity of the reference itself: the decayed set is the 2-D+ weight matrices only.
-    assert {"visual.conv1.weight", "visual.proj", "text_projection"} <= set(_names(model, decay["params"]))
+    patch_embed = "visual.conv1.weight" if preset == "tiny-patch" else "visual.stem.layers.0.weight"
+    assert {patch_embed, "visual.proj", "text_projection"} <= set(_names(model, decay["params"]))
+    assert "visual.stem.layers.1.weight" not in set(_names(model, decay["params"]))  # batch-norm gain
     assert ("logit_bias" in set(_names(model, no_decay["params"]))) == (preset == "tiny-siglip")
 
 
 def test_every_trainable_param_in_exactly_one_group() -> None:
     model = _model()
-    model.visual.conv1.weight.requires_grad_(False)
+    model.visual.stem.layers[0].weight.requires_grad_(False)
     model.ln_final.bias.requires_grad_(False)
     groups = param_groups(model, weight_decay=0.1)
     ids = [id(p) for g in groups for p in g["params"]]

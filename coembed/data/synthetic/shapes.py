@@ -18,6 +18,8 @@ relation reversed, a count changed).
 
 Output, per split, in the format users bring: ``SPLIT/images/NNNNNN.png`` and ``SPLIT/captions.jsonl``
 lines ``{"image", "captions", "objects", "layout"}``; ``meta.json`` at the top describes the whole set.
+Train and val lines also carry ``negatives``: false captions (one attribute of one object replaced)
+that ``hard_negatives=true`` training uses as extra NegCLIP-style negatives.
 """
 
 from __future__ import annotations
@@ -282,6 +284,37 @@ def hard_negatives(scene: Scene) -> list[dict[str, str]]:
     return out
 
 
+def _replaced(scene: Scene, i: int, attr: str, value: str) -> Scene:
+    objs = list(scene.objects)
+    objs[i] = Obj(**{**asdict(objs[i]), attr: value})
+    return Scene(scene.layout, tuple(objs), scene.position)
+
+
+def training_negatives(scene: Scene, rng: random.Random) -> list[str]:
+    """False captions for NegCLIP-style training: one object's shape (twice), colour or size replaced.
+
+    Phrased with the same random templates as the true captions. They never name a held-out pair,
+    and they are of other kinds than the test file's hard negatives (swaps, relation, count).
+    """
+    out = []
+    banned = set(HELDOUT_PAIRS)
+    # Shape twice: colour, size and position let a model tell most scenes apart, so shape is the
+    # attribute a contrastive batch teaches least.
+    for attr, values in (("shape", SHAPES), ("shape", SHAPES), ("color", tuple(COLORS)), ("size", tuple(SIZES))):
+        i = rng.randrange(len(scene.objects))
+        obj = scene.objects[i]
+        options = [v for v in values if v != getattr(obj, attr)]
+        rng.shuffle(options)
+        for value in options:
+            new = _replaced(scene, i, attr, value)
+            attrs = [o.attrs() for o in new.objects]
+            if len(set(attrs)) == len(attrs) and not {(c, s) for _, c, s in attrs} & banned:
+                phrase = lambda k: object_phrase(new.objects[k], rng)  # noqa: E731
+                out.append(rng.choice(_templates(new, phrase, rng)))
+                break
+    return out
+
+
 def _differing_pair(objs: list[Obj]) -> tuple[int, int]:
     """The first pair of objects whose colours differ, else the first pair."""
     pairs = [(i, j) for i in range(len(objs)) for j in range(i + 1, len(objs))]
@@ -394,17 +427,22 @@ def sample_split(split: str, n: int, seed: int) -> list[Scene]:
     return scenes
 
 
-def _line(scene: Scene, image: str, rng: random.Random) -> dict[str, Any]:
+def _line(scene: Scene, image: str, rng: random.Random, negatives: bool) -> dict[str, Any]:
     objects = [asdict(o) for o in scene.objects]
     extra = {"position": scene.position} if scene.position else {}
-    return {"image": image, "captions": captions(scene, rng), "layout": scene.layout, **extra, "objects": objects}
+    line = {"image": image, "captions": captions(scene, rng), "layout": scene.layout, **extra, "objects": objects}
+    if negatives:
+        line["negatives"] = training_negatives(scene, rng)
+    return line
 
 
 def zeroshot_templates() -> dict[str, list[str]]:
-    """Prompt ensembles in the captions' own words: each class prompt is averaged over the other
-    attributes (the role CLIP's 80 hand-written templates play for ImageNet)."""
-    return {"shape": [f"a {size} {color} {{}}" for size in SIZES for color in COLORS],
-            "color": [f"a {size} {{}} {shape}" for size in SIZES for shape in SHAPES]}
+    """Prompt ensembles in the captions' own words for a single object: each class prompt is averaged
+    over the other attributes and the three positions (48 prompts per class, the role CLIP's 80
+    hand-written templates play for ImageNet)."""
+    where = [POSITION_WORDS[p][0] for p in POSITIONS]
+    return {"shape": [f"a {size} {color} {{}} {w}" for size in SIZES for color in COLORS for w in where],
+            "color": [f"a {size} {{}} {shape} {w}" for size in SIZES for shape in SHAPES for w in where]}
 
 
 def _meta(cfg: ShapesConfig) -> dict[str, Any]:
@@ -440,7 +478,7 @@ def _write_manifests(cfg: ShapesConfig, out: Path, split: str, split_id: int) ->
     (root / "images").mkdir(parents=True, exist_ok=True)
     scenes = sample_split(split, n, cfg.seed)
     rng = random.Random(f"captions-{cfg.seed}-{split}")
-    lines = [_line(s, f"images/{i:06d}.png", rng) for i, s in enumerate(scenes)]
+    lines = [_line(s, f"images/{i:06d}.png", rng, negatives=split in ("train", "val")) for i, s in enumerate(scenes)]
     atomic_write_text(root / "captions.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
     if split == "test":
         negs = [{"image": x["image"], "positive": canonical_caption(s), "negatives": hard_negatives(s)} for x, s in zip(lines, scenes)]
