@@ -27,7 +27,7 @@ from coembed.io import read_jsonl
 from coembed.loading import Loaded
 
 DEFAULT_TEMPLATES = {"shape": ["a {}", "a photo of a {}"], "color": ["a {} object", "something {}"]}
-PROBE_MAX_TRAIN = 5000
+PROBE_MAX_TRAIN = 3000  # single-object training images for the probe; more costs time, not accuracy here
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """End to end: generate `shapes` and train the real ``tiny`` preset for about a minute through the
 ``coembed`` command, then require test retrieval far above chance.
 
-Measured on the 2-core development machine (seed 0, bf16, 150 steps of 64): test R@1 text->image
-0.243 and image->text 0.225 (chance 1/200 = 0.005); generation ~5 s, training ~80 s, whole test ~95 s.
-The thresholds are about half the measured values, i.e. 20x chance. Retrieval is computed in-process:
+Measured on the 2-core development machine (seed 0, bf16, 150 steps of 64, the hybrid-stem `tiny`):
+test R@1 text->image 0.241 and image->text 0.275 (chance 1/200 = 0.005); generation ~6 s, training
+~50 s, whole test ~70 s. The thresholds are about half the measured values, i.e. 20x chance. Retrieval is computed in-process:
 ``coembed eval`` runs the whole suite, whose linear probe alone takes ~30 s on this data.
 """
 
