@@ -21,8 +21,10 @@ from coembed.checkpoint import CHECKPOINT_DIR, resolve
 from coembed.data.datasets import ImageTextDataset, SkipReport, collate_image_text, read_samples
 from coembed.data.splits import split_root
 from coembed.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
-from coembed.eval.features import embed_split
+from coembed.eval.features import embed_split, embed_texts
 from coembed.eval.retrieval import retrieval_metrics
+from coembed.eval.suite import single_object_labels
+from coembed.eval.zeroshot import class_embeddings, zeroshot_classify, zeroshot_metrics
 from coembed.loading import checkpoint_config, load, default_preprocess
 from coembed.losses.contrastive import clip_loss
 from coembed.models.dual_encoder import DualEncoder
@@ -75,7 +77,7 @@ class _Run:
     optimizer: torch.optim.Optimizer
     progress: Progress
     dataset: ImageTextDataset
-    val: tuple[Path, list] | None
+    val: tuple[Path, list, dict | None] | None  # root, samples, zero-shot spec
     total_steps: int
     steps_per_epoch: int
     read_skips: SkipReport  # lines of the metadata file that were skipped
@@ -135,12 +137,12 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
     return _Run(model, tokenizer, optimizer, progress, dataset, _val_split(cfg), total, steps_per_epoch, skipped)
 
 
-def _val_split(cfg: TrainConfig) -> tuple[Path, list] | None:
+def _val_split(cfg: TrainConfig) -> tuple[Path, list, dict | None] | None:
     root = split_root(cfg.data, "val", required=False)
     if root is None or cfg.val_samples == 0:
         return None
     samples, _ = read_samples(root)
-    return root, samples[: cfg.val_samples]
+    return root, samples[: cfg.val_samples], _zeroshot_spec(cfg.data)
 
 
 def _loader(run: _Run, cfg: TrainConfig, epoch: int, start: int) -> DataLoader:
@@ -156,14 +158,34 @@ def _loader(run: _Run, cfg: TrainConfig, epoch: int, start: int) -> DataLoader:
 
 
 @torch.no_grad()
-def validate(model: DualEncoder, tokenizer: Tokenizer, root: Path, samples: list) -> dict[str, float]:
-    """Validation loss (CLIP loss over first captions) and R@1 both ways on the val split."""
+def validate(model: DualEncoder, tokenizer: Tokenizer, root: Path, samples: list,
+             zeroshot: dict[str, tuple[list[str], list[str]]] | None = None) -> dict[str, float]:
+    """Validation loss (CLIP loss over first captions) and R@1 both ways on the val split; with
+    ``zeroshot`` (attribute -> (class names, templates)) also zero-shot top-1 per attribute."""
     model.eval()
     feats = embed_split(model, tokenizer, root, samples, default_preprocess(model))
     first = torch.tensor([int((feats.text_to_image == i).nonzero()[0]) for i in range(len(feats.samples))])
     loss = clip_loss(feats.image_emb, feats.text_emb[first], model.temperature().float())
     r = retrieval_metrics(feats.image_emb, feats.text_emb, feats.text_to_image, ks=(1,))
-    return {"val_loss": loss.item(), "val_t2i_r1": r["image_retrieval_recall@1"], "val_i2t_r1": r["text_retrieval_recall@1"]}
+    out = {"val_loss": loss.item(), "val_t2i_r1": r["image_retrieval_recall@1"], "val_i2t_r1": r["text_retrieval_recall@1"]}
+    for attribute, (names, templates) in (zeroshot or {}).items():
+        rows, labels = single_object_labels(feats.samples, attribute, names)
+        if rows:
+            classes = class_embeddings(lambda t: embed_texts(model, tokenizer, t), names, templates)
+            logits = zeroshot_classify(feats.image_emb[rows], classes)
+            out[f"val_zeroshot_{attribute}"] = zeroshot_metrics(logits, torch.tensor(labels))["acc1"]
+    return out
+
+
+def _zeroshot_spec(data: str) -> dict[str, tuple[list[str], list[str]]] | None:
+    """Class names and templates from a `shapes`-style ``meta.json``, if the dataset has one."""
+    path = Path(data) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+        templates = meta["zeroshot_templates"]
+        return {"shape": (meta["shapes"], templates["shape"]), "color": (meta["colors"], templates["color"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class MetricsLog:

@@ -81,7 +81,7 @@ def test_train_json(shapes_data: Path, tiny_sets: list[str], tmp_path: Path) -> 
     summary = json.loads(proc.stdout)
     assert summary["steps"] == 3 and summary["samples_seen"] == 96 and summary["skipped"] == 0
     assert Path(summary["checkpoint"]) == tmp_path / "run" / "checkpoint"
-    assert set(summary["last_val"]) == {"val_loss", "val_t2i_r1", "val_i2t_r1"}
+    assert set(summary["last_val"]) == {"val_loss", "val_t2i_r1", "val_i2t_r1", "val_zeroshot_shape", "val_zeroshot_color"}
     model, _, _ = coembed.load(summary["checkpoint"])
     assert model.cfg.embed_dim == 32
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 4  # 3 steps + 1 validation

@@ -23,7 +23,7 @@ from coembed.train.optim import cosine_lr
 
 CHECKPOINT_FILES = {"model.safetensors", "config.json", "tokenizer.json", "train_state.safetensors", "train_state.json"}
 TRAIN_KEYS = {"step", "epoch", "loss", "lr", "logit_scale", "grad_norm", "samples_per_s"}
-VAL_KEYS = {"step", "val_loss", "val_t2i_r1", "val_i2t_r1"}
+VAL_KEYS = {"step", "val_loss", "val_t2i_r1", "val_i2t_r1", "val_zeroshot_shape", "val_zeroshot_color"}
 RESUME_KW = {"max_steps": 12, "log_every": 1, "val_every": 6, "warmup_steps": 3, "lr": 2e-3}
 
 
@@ -338,3 +338,12 @@ def test_hard_negatives_train_and_need_negatives(shapes_data: Path, tiny_setting
         train(_cfg(plain, tmp_path / "run", tiny_settings, hard_negatives=True, max_steps=2))
     with pytest.raises(ValueError, match="hard_negatives needs loss 'clip'"):
         _cfg(shapes_data, tmp_path / "run2", tiny_settings, hard_negatives=True, loss="triplet", max_steps=2)
+
+
+def test_validation_zeroshot_equals_the_eval_suite(short_run, shapes_data: Path) -> None:
+    from coembed.eval.suite import evaluate
+
+    cfg, result = short_run
+    metrics = evaluate(coembed.load(result.checkpoint), shapes_data, "val").metrics
+    for attribute in ("shape", "color"):
+        assert result.last_val[f"val_zeroshot_{attribute}"] == pytest.approx(metrics[f"zeroshot_{attribute}"]["acc1"], abs=1e-12)
