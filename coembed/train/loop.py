@@ -21,11 +21,10 @@ from coembed.checkpoint import CHECKPOINT_DIR, resolve
 from coembed.data.datasets import ImageTextDataset, SkipReport, collate_image_text, read_samples
 from coembed.data.splits import split_root
 from coembed.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
-from coembed.eval.features import embed_split, embed_texts
+from coembed.eval.features import embed_split
 from coembed.eval.retrieval import retrieval_metrics
-from coembed.eval.suite import single_object_labels
-from coembed.eval.zeroshot import class_embeddings, zeroshot_classify, zeroshot_metrics
-from coembed.loading import checkpoint_config, load, default_preprocess
+from coembed.eval.suite import zeroshot_task
+from coembed.loading import Loaded, checkpoint_config, default_preprocess, load
 from coembed.losses.contrastive import clip_loss
 from coembed.models.dual_encoder import DualEncoder
 from coembed.presets import apply_overrides, get_preset
@@ -168,12 +167,10 @@ def validate(model: DualEncoder, tokenizer: Tokenizer, root: Path, samples: list
     loss = clip_loss(feats.image_emb, feats.text_emb[first], model.temperature().float())
     r = retrieval_metrics(feats.image_emb, feats.text_emb, feats.text_to_image, ks=(1,))
     out = {"val_loss": loss.item(), "val_t2i_r1": r["image_retrieval_recall@1"], "val_i2t_r1": r["text_retrieval_recall@1"]}
+    loaded = Loaded(model, default_preprocess(model), tokenizer)
     for attribute, (names, templates) in (zeroshot or {}).items():
-        rows, labels = single_object_labels(feats.samples, attribute, names)
-        if rows:
-            classes = class_embeddings(lambda t: embed_texts(model, tokenizer, t), names, templates)
-            logits = zeroshot_classify(feats.image_emb[rows], classes)
-            out[f"val_zeroshot_{attribute}"] = zeroshot_metrics(logits, torch.tensor(labels))["acc1"]
+        if (task := zeroshot_task(loaded, feats, attribute, names, templates)) is not None:
+            out[f"val_zeroshot_{attribute}"] = task["acc1"]
     return out
 
 

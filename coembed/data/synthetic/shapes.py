@@ -240,16 +240,18 @@ def _templates(scene: Scene, a: Callable[[int], str], rng: random.Random) -> lis
             f"three shapes: {a(0)}, {a(1)} and {a(2)}, left to right"]
 
 
-def canonical_caption(scene: Scene) -> str:
-    """The one fixed phrasing, used as the positive of the hard-negative file."""
+def canonical_caption(scene: Scene, *, reversed_relation: bool = False) -> str:
+    """The one fixed phrasing, used as the positive of the hard-negative file; with
+    ``reversed_relation`` the same words with the relation (or single position) made false."""
     a = lambda i: object_phrase(scene.objects[i])  # noqa: E731
     if scene.layout == "single":
-        return f"{a(0)} {POSITION_WORDS[scene.position][0]}"
+        position = {"left": "right", "middle": "left", "right": "left"}[scene.position] if reversed_relation else scene.position
+        return f"{a(0)} {POSITION_WORDS[position][0]}"
     if scene.layout == "horizontal":
-        return f"{a(0)} to the left of {a(1)}"
+        return f"{a(0)} to the {'right' if reversed_relation else 'left'} of {a(1)}"
     if scene.layout == "vertical":
-        return f"{a(0)} above {a(1)}"
-    return f"{a(0)}, {a(1)} and {a(2)} from left to right"
+        return f"{a(0)} {'below' if reversed_relation else 'above'} {a(1)}"
+    return f"{a(0)}, {a(1)} and {a(2)} from {'right to left' if reversed_relation else 'left to right'}"
 
 
 def captions(scene: Scene, rng: random.Random, n: int = CAPTIONS_PER_IMAGE) -> list[str]:
@@ -278,7 +280,7 @@ def hard_negatives(scene: Scene) -> list[dict[str, str]]:
         swapped[i] = Obj(**{**asdict(objs[i]), attr: getattr(objs[j], attr)})
         swapped[j] = Obj(**{**asdict(objs[j]), attr: getattr(objs[i], attr)})
         out.append({"caption": canonical_caption(Scene(scene.layout, tuple(swapped), scene.position)), "type": "swap_attributes"})
-    out.append({"caption": _relation_swapped(scene), "type": "swap_relation"})
+    out.append({"caption": canonical_caption(scene, reversed_relation=True), "type": "swap_relation"})
     counted = canonical_caption(scene).replace(object_phrase(objs[0]), object_phrase(objs[0], plural=True), 1)
     out.append({"caption": counted, "type": "change_count"})
     return out
@@ -319,18 +321,6 @@ def _differing_pair(objs: list[Obj]) -> tuple[int, int]:
     """The first pair of objects whose colours differ, else the first pair."""
     pairs = [(i, j) for i in range(len(objs)) for j in range(i + 1, len(objs))]
     return next(((i, j) for i, j in pairs if objs[i].color != objs[j].color), pairs[0])
-
-
-def _relation_swapped(scene: Scene) -> str:
-    a = lambda i: object_phrase(scene.objects[i])  # noqa: E731
-    if scene.layout == "single":
-        other = {"left": "right", "middle": "left", "right": "left"}[scene.position]
-        return f"{a(0)} {POSITION_WORDS[other][0]}"
-    if scene.layout == "horizontal":
-        return f"{a(0)} to the right of {a(1)}"
-    if scene.layout == "vertical":
-        return f"{a(0)} below {a(1)}"
-    return f"{a(0)}, {a(1)} and {a(2)} from right to left"
 
 
 # ----------------------------------------------------------------------------- rendering
