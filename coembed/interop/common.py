@@ -33,6 +33,21 @@ class Foreign:
     dtype: torch.dtype = torch.float32
 
 
+def _template_regex(template: str) -> re.Pattern:
+    pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{s\}", r"(?P<s>weight|bias)")
+    return re.compile(pattern + "$")
+
+
+def rename(key: str, table: list[tuple[str, str]], *, reverse: bool = False) -> str:
+    """Rename ``key`` by a table of ``(foreign, coembed)`` name templates ({i}: layer index, {s}: weight
+    or bias); ``reverse`` renames coembed -> foreign. Keys the table does not know come back unchanged."""
+    for theirs, ours in table:
+        source, target = (ours, theirs) if reverse else (theirs, ours)
+        if m := _template_regex(source).match(key):
+            return target.format(**m.groupdict())
+    return key
+
+
 def count_layers(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
     """Number of distinct ``{prefix}{i}.`` indices, e.g. ``visual.transformer.resblocks.``."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")

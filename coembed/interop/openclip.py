@@ -20,7 +20,7 @@ import torch
 
 from coembed.checkpoint import read_json, write_tensors
 from coembed.errors import CheckpointError
-from coembed.interop.common import Foreign, count_layers, resolve_quick_gelu, source_dtype
+from coembed.interop.common import Foreign, count_layers, rename, resolve_quick_gelu, source_dtype
 from coembed.interop.weights import TORCH_SUFFIXES, read_weights
 from coembed.io import atomic_write_json
 from coembed.models.dual_encoder import DualEncoder, DualEncoderConfig
@@ -57,20 +57,6 @@ TIMM_SIZES = {768: ("base", 12), 1024: ("large", 16), 1152: ("so400m", 16)}
 
 
 # ----------------------------------------------------------------------------- key layouts
-def _template_regex(template: str) -> re.Pattern:
-    pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{s\}", r"(?P<s>weight|bias)")
-    return re.compile(pattern + "$")
-
-
-def _rename(key: str, *, to_timm: bool) -> str:
-    """Rename one key by :data:`TIMM_NAMES`; keys it does not know are kept (and later reported)."""
-    for timm_name, ours in TIMM_NAMES:
-        source, target = (ours, timm_name) if to_timm else (timm_name, ours)
-        if m := _template_regex(source).match(key):
-            return target.format(**m.groupdict())
-    return key
-
-
 def _timm_to_coembed(trunk: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in trunk.items():
@@ -83,7 +69,7 @@ def _timm_to_coembed(trunk: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         elif key.startswith(("attn_pool.q.", "attn_pool.kv.")):
             continue  # merged below
         else:
-            new = _rename(key, to_timm=False)
+            new = rename(key, TIMM_NAMES)
             out[new if new != key else f"trunk.{key}"] = value  # unknown: reported under its own name
     for kind in ("weight", "bias"):
         if f"attn_pool.q.{kind}" in trunk and f"attn_pool.kv.{kind}" in trunk:
@@ -107,7 +93,7 @@ def _coembed_to_timm(visual: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
             q, kv = value.split([value.shape[0] // 3, 2 * value.shape[0] // 3])
             out[f"attn_pool.q.{kind}"], out[f"attn_pool.kv.{kind}"] = q.clone(), kv.clone()
         else:
-            out[_rename(key, to_timm=True)] = value
+            out[rename(key, TIMM_NAMES, reverse=True)] = value
     return out
 
 
