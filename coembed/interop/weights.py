@@ -19,12 +19,11 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 TORCHSCRIPT_HELP = (
     "{path} is a TorchScript archive (code + weights, like OpenAI's original CLIP .pt files); coembed does not "
-    "execute code from checkpoints. Convert it once to a plain state dict, in an environment you trust:\n"
-    "  python -c \"import torch; from safetensors.torch import save_file; "
+    "execute code from checkpoints. Convert it once to a plain state dict, in an environment you trust: "
+    "python -c \"import torch; from safetensors.torch import save_file; "
     "sd = torch.jit.load('{path}', map_location='cpu').state_dict(); "
     "save_file({{k: v.float().contiguous() for k, v in sd.items() if k not in ('input_resolution', 'context_length', 'vocab_size')}}, "
-    "'{stem}.safetensors')\"\n"
-    "then load {stem}.safetensors (OpenAI weights use QuickGELU: pass quick_gelu=True / --quick-gelu)."
+    "'{stem}.safetensors')\" then load {stem}.safetensors (OpenAI weights use QuickGELU: pass quick_gelu=True / --quick-gelu)."
 )
 
 
