@@ -37,7 +37,7 @@ import torch
 from tokenizers import Regex, Tokenizer as _HFTokenizer, models, pre_tokenizers
 
 from coembed.errors import CheckpointError
-from coembed.io import atomic_write_text
+from coembed.tokenizer import JsonBacked, check_batch
 
 BPE_GZ = "bpe_simple_vocab_16e6.txt.gz"
 PATTERN = r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -138,7 +138,7 @@ def _backend(vocab: dict[str, int], merges: list[tuple[str, str]]) -> _HFTokeniz
     return tok
 
 
-class ClipTokenizer:
+class ClipTokenizer(JsonBacked):
     """CLIP tokenizer with OpenCLIP's ids; rows padded with 0 to ``context_length`` as OpenCLIP pads them.
 
     Build one with :meth:`from_bpe_gz`, :meth:`from_vocab_merges`, :meth:`from_folder` or
@@ -192,16 +192,6 @@ class ClipTokenizer:
                 "or pip install open_clip_torch, whose wheel ships it"
             )
         return cls.from_bpe_gz(path)
-
-    def to_str(self) -> str:
-        """The tokenizer as ``tokenizers`` JSON (vocabulary and merges included)."""
-        return self._tok.to_str()
-
-    def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, self.to_str())
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"json": self.to_str()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(_HFTokenizer.from_str(state["json"]))
@@ -265,14 +255,7 @@ class ClipTokenizer:
 
     def __call__(self, texts: str | Sequence[str], context_length: int = 77) -> torch.Tensor:
         """Tokenize into a ``(B, context_length)`` LongTensor, exactly as OpenCLIP's tokenizer does."""
-        if context_length < 2:
-            raise ValueError(f"context_length must be >= 2, got {context_length}")
-        batch = [texts] if isinstance(texts, str) else list(texts)
-        if not batch:
-            raise ValueError("texts must contain at least one caption, got an empty sequence")
-        for i, text in enumerate(batch):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+        batch = check_batch(texts, context_length)
         out = np.zeros((len(batch), context_length), dtype=np.int64)
         for i, ids in enumerate(self._encode_batch(batch)):
             row = [self._sot, *ids[: context_length - 2], self._eot]

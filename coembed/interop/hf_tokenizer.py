@@ -19,10 +19,10 @@ import torch
 from tokenizers import Tokenizer as _HFTokenizer
 
 from coembed.errors import CheckpointError
-from coembed.io import atomic_write_text
+from coembed.tokenizer import JsonBacked, check_batch
 
 
-class HFTokenizer:
+class HFTokenizer(JsonBacked):
     """``tokenizers`` JSON + a pad id; call it like coembed's other tokenizers."""
 
     kind = "hf"
@@ -40,14 +40,8 @@ class HFTokenizer:
         except Exception as e:  # noqa: BLE001 - the Rust side raises a bare Exception
             raise CheckpointError(f"{source}: not a valid tokenizer ({e})") from None
 
-    def to_str(self) -> str:
-        return self._tok.to_str()
-
-    def save(self, path: str | Path) -> None:
-        atomic_write_text(path, self.to_str())
-
     def __getstate__(self) -> dict[str, Any]:
-        return {"json": self.to_str(), "pad": self._pad}
+        return {**super().__getstate__(), "pad": self._pad}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(_HFTokenizer.from_str(state["json"]), state["pad"])
@@ -62,9 +56,7 @@ class HFTokenizer:
 
     def __call__(self, texts: str | Sequence[str], context_length: int = 64) -> torch.Tensor:
         """``(B, context_length)`` ids: specials added, truncated, padded with ``pad_id``."""
-        batch = [texts] if isinstance(texts, str) else list(texts)
-        if not batch:
-            raise ValueError("texts must contain at least one caption, got an empty sequence")
+        batch = check_batch(texts, context_length)
         tok = _HFTokenizer.from_str(self._tok.to_str())  # a copy: padding settings are not thread-safe state
         tok.enable_truncation(max_length=context_length)
         tok.enable_padding(length=context_length, pad_id=self._pad)
