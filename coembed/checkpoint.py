@@ -112,11 +112,12 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def save_model_files(folder: Path, model: torch.nn.Module, config: dict[str, Any], tokenizer_json: str) -> None:
-    """Write the inference part of a checkpoint into an existing (staging) folder."""
+def save_model_files(folder: Path, model: torch.nn.Module, config: dict[str, Any], tokenizer_json: str | None) -> None:
+    """Write the inference part of a checkpoint into an existing (staging) folder (no tokenizer file if None)."""
     write_tensors(folder / MODEL_FILE, model.state_dict(), metadata={"format": "coembed", "version": str(FORMAT_VERSION)})
     atomic_write_json(folder / CONFIG_FILE, {"format_version": FORMAT_VERSION, **config})
-    (folder / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
+    if tokenizer_json is not None:
+        (folder / TOKENIZER_FILE).write_text(tokenizer_json, encoding="utf-8")
 
 
 def read_model_files(path: str | os.PathLike) -> CheckpointFiles:

@@ -64,7 +64,42 @@ def _check_special_ids(tok: _HFTokenizer, source: str) -> None:
             raise CheckpointError(f"{source}: special token {token!r} has id {got}, expected {expected}")
 
 
-class Tokenizer:
+def check_batch(texts: str | Sequence[str], context_length: int) -> list[str]:
+    """The batch as a list of captions, after checking what every tokenizer's ``__call__`` needs.
+
+    Raises:
+        ValueError: ``context_length`` < 2 or an empty batch.
+        TypeError: an element of ``texts`` is not a str.
+    """
+    if context_length < 2:
+        raise ValueError(f"context_length must be >= 2 (room for <sot> and <eot>), got {context_length}")
+    batch = [texts] if isinstance(texts, str) else list(texts)
+    if not batch:
+        raise ValueError("texts must contain at least one caption, got an empty sequence")
+    for i, text in enumerate(batch):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+    return batch
+
+
+class JsonBacked:
+    """Serialisation shared by the tokenizers that wrap a ``tokenizers.Tokenizer`` in ``self._tok``."""
+
+    _tok: _HFTokenizer
+
+    def to_str(self) -> str:
+        """The tokenizer as JSON text (the content of ``tokenizer.json``)."""
+        return self._tok.to_str()
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``tokenizer.json`` to ``path`` atomically."""
+        atomic_write_text(path, self.to_str())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"json": self.to_str()}
+
+
+class Tokenizer(JsonBacked):
     """Caption tokenizer producing ``<sot> ... <eot>`` rows padded with ``<pad>`` (id 0).
 
     Build one with :meth:`train`, :meth:`from_file` or :meth:`from_str`. Instances hold no mutable
@@ -150,17 +185,6 @@ class Tokenizer:
             raise CheckpointError(f"{path}: cannot read tokenizer file ({e})") from None
         return cls.from_str(text, source=str(path))
 
-    def to_str(self) -> str:
-        """The tokenizer as JSON text (the content of ``tokenizer.json``)."""
-        return self._tok.to_str()
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write ``tokenizer.json`` to ``path`` atomically."""
-        atomic_write_text(path, self.to_str())
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"json": self.to_str()}
-
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._tok = _HFTokenizer.from_str(state["json"])
 
@@ -234,14 +258,7 @@ class Tokenizer:
             ValueError: ``context_length`` < 2 or an empty batch.
             TypeError: an element of ``texts`` is not a str.
         """
-        if context_length < 2:
-            raise ValueError(f"context_length must be >= 2 (room for <sot> and <eot>), got {context_length}")
-        batch = [texts] if isinstance(texts, str) else list(texts)
-        if not batch:
-            raise ValueError("texts must contain at least one caption, got an empty sequence")
-        for i, text in enumerate(batch):
-            if not isinstance(text, str):
-                raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}")
+        batch = check_batch(texts, context_length)
         keep = context_length - 2
         rows = [ids[:keep] for ids in self._encode_batch(batch)]
         out = np.zeros((len(rows), max(map(len, rows)) + 2), dtype=np.int64)

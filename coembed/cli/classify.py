@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from coembed.cli.common import positive_int, print_json
+from coembed.cli.common import add_checkpoint_args, load_checkpoint, positive_int, print_json
 from coembed.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="zero-shot classify images", description="Score images against comma-separated labels.")
-    p.add_argument("--checkpoint", required=True)
+    add_checkpoint_args(p)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--labels", required=True, help='comma-separated class names, e.g. "circle,square,star"')
     p.add_argument("--template", action="append", default=[], help='prompt template with {} (repeatable; default "a {}")')
@@ -24,13 +24,12 @@ def run(args: argparse.Namespace) -> int:
 
     from coembed.eval.features import embed_texts
     from coembed.eval.zeroshot import class_embeddings
-    from coembed.loading import load
     from coembed.transforms import load_image
 
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     if len(labels) < 2:
         raise ConfigError(f"--labels needs at least two comma-separated labels, got {args.labels!r}")
-    model, preprocess, tokenizer = load(args.checkpoint)
+    model, preprocess, tokenizer = load_checkpoint(args)
     classes = class_embeddings(lambda t: embed_texts(model, tokenizer, t), labels, args.template or ["a {}"])
     results = []
     for path in args.images:

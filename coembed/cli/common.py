@@ -39,3 +39,28 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
     return value
+
+
+CHECKPOINT_HELP = ("coembed checkpoint or run folder, OpenCLIP/OpenAI state dict (.safetensors/.pt/.bin, or a folder "
+                   "with open_clip_config.json), or Hugging Face CLIPModel/SiglipModel folder")
+
+
+def add_checkpoint_args(parser, *, flag: str = "--checkpoint") -> None:
+    """``--checkpoint PATH`` (any supported format) and ``--quick-gelu`` / ``--no-quick-gelu``."""
+    import argparse
+
+    if flag.startswith("-"):
+        parser.add_argument(flag, required=True, help=CHECKPOINT_HELP)
+    parser.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
+                        help="the model uses QuickGELU (OpenAI weights) or not; only needed when the checkpoint does not say")
+
+
+def load_checkpoint(args, *, need_tokenizer: bool = True):
+    """``coembed.load`` with the command's ``--checkpoint`` and ``--quick-gelu``."""
+    from coembed.errors import CheckpointError
+    from coembed.loading import load
+
+    loaded = load(args.checkpoint, quick_gelu=args.quick_gelu)
+    if need_tokenizer and loaded.tokenizer is None:
+        raise CheckpointError(f"{args.checkpoint} has no tokenizer coembed can read (add a tokenizer.json)")
+    return loaded

@@ -12,12 +12,12 @@ import json
 import time
 from pathlib import Path
 
-from coembed.cli.common import eprint, positive_int, print_json
+from coembed.cli.common import add_checkpoint_args, eprint, load_checkpoint, positive_int, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed a folder of images", description="Embed images into .npy shards plus JSONL metadata.")
-    p.add_argument("--checkpoint", required=True)
+    add_checkpoint_args(p)
     p.add_argument("--images", required=True, help="folder of images (searched recursively)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--batch-size", type=positive_int, default=128)
@@ -30,7 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from coembed.data.datasets import SkipReport, iter_images
     from coembed.errors import DataError
-    from coembed.loading import load
 
     root = Path(args.images)
     if not root.is_dir():
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     paths = iter_images(root)
     if not paths:
         raise DataError(f"no image files under {root}")
-    loaded = load(args.checkpoint)
+    loaded = load_checkpoint(args)
     out, report, start, written = Path(args.out), SkipReport(), time.perf_counter(), 0
     shards = [paths[i : i + args.shard_size] for i in range(0, len(paths), args.shard_size)]
     for index, shard in enumerate(_progress(shards)):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coembed.cli.common import eprint, print_json
+from coembed.cli.common import add_checkpoint_args, eprint, load_checkpoint, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint", description="Retrieval, zero-shot, linear probe and compositional evaluation.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder (or run folder)")
+    add_checkpoint_args(p)
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--out", help="write the metrics JSON here")
@@ -21,9 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from coembed.eval.report import flatten_metrics, format_table, write_eval_json
     from coembed.eval.suite import evaluate
-    from coembed.loading import load
 
-    loaded = load(args.checkpoint)
+    loaded = load_checkpoint(args)
     result = evaluate(loaded, args.data, args.split, log=eprint)
     record = {"dataset": Path(args.data).name, "model": str(args.checkpoint), "split": args.split}
     if args.out:

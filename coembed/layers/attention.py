@@ -40,3 +40,19 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.out_proj(y)
+
+    def cross(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Attend ``query`` (B, Q, width) to ``context`` (B, T, width), as ``nn.MultiheadAttention(q, kv, kv)``.
+
+        The first third of ``in_proj_weight`` projects the queries, the rest the keys and values.
+        """
+        B, Q, C = query.shape
+        T = context.shape[1]
+        w_q, w_kv = self.in_proj_weight.split([C, 2 * C])
+        b_q, b_kv = self.in_proj_bias.split([C, 2 * C])
+        q = F.linear(query, w_q, b_q).view(B, Q, self.heads, C // self.heads).transpose(1, 2)  # (B, heads, Q, hd)
+        kv = F.linear(context, w_kv, b_kv).view(B, T, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)  # each (B, heads, T, head_dim)
+        y = F.scaled_dot_product_attention(q, k, v)
+        y = y.transpose(1, 2).reshape(B, Q, C)  # (B, Q, C)
+        return self.out_proj(y)

@@ -13,15 +13,25 @@ from coembed.layers.attention import Attention
 from coembed.layers.mlp import Mlp
 
 
+def mlp_hidden(width: int, mlp_ratio: float) -> int:
+    """Hidden width of the MLP: ``int(width * mlp_ratio)``, except that a product within 1e-6 of a
+    whole number is that number, so a ratio read from a foreign config (4304 / 1152) comes back whole."""
+    hidden = width * mlp_ratio
+    return round(hidden) if abs(hidden - round(hidden)) < 1e-6 else int(hidden)
+
+
 class ResidualAttentionBlock(nn.Module):
     """``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, *, quick_gelu: bool = False) -> None:
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: float, *, quick_gelu: bool = False, act: str | None = None,
+        eps: float = 1e-5,
+    ) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
+        self.ln_1 = nn.LayerNorm(width, eps=eps)
         self.attn = Attention(width, heads)
-        self.ln_2 = nn.LayerNorm(width)
-        self.mlp = Mlp(width, int(width * mlp_ratio), quick_gelu=quick_gelu)
+        self.ln_2 = nn.LayerNorm(width, eps=eps)
+        self.mlp = Mlp(width, mlp_hidden(width, mlp_ratio), quick_gelu=quick_gelu, act=act)
 
     def forward(self, x: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), causal=causal)
@@ -32,12 +42,14 @@ class Transformer(nn.Module):
     """A stack of :class:`ResidualAttentionBlock` over batch-first sequences (B, T, width)."""
 
     def __init__(
-        self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, *, quick_gelu: bool = False
+        self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, *, quick_gelu: bool = False,
+        act: str | None = None, eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.width = width
         self.resblocks = nn.ModuleList(
-            ResidualAttentionBlock(width, heads, mlp_ratio, quick_gelu=quick_gelu) for _ in range(layers)
+            ResidualAttentionBlock(width, heads, mlp_ratio, quick_gelu=quick_gelu, act=act, eps=eps)
+            for _ in range(layers)
         )
         self.grad_checkpointing = False
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from coembed.layers.mlp import ACTIVATIONS
+from coembed.towers.resnet import ModifiedResNet, ResNetConfig
 from coembed.towers.text_transformer import TextConfig, TextTower
 from coembed.towers.vit import VisionConfig, VisionTransformer
 
@@ -25,9 +27,11 @@ class DualEncoderConfig:
     """A dual encoder: tower shapes, shared embedding size and the temperature set-up."""
 
     embed_dim: int = 256
-    vision: VisionConfig = field(default_factory=VisionConfig)
+    vision: VisionConfig | ResNetConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     quick_gelu: bool = False
+    # Transformer activation of both towers; "quick_gelu" and quick_gelu=True are the same setting.
+    act: str = "gelu"
     # log of the initial logit multiplier: CLIP uses 1/0.07, SigLIP uses 10.
     init_logit_scale: float = math.log(1 / 0.07)
     # SigLIP's learned bias (-10 in the paper); None for the softmax (CLIP/ALIGN) loss.
@@ -35,11 +39,21 @@ class DualEncoderConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.vision, dict):
-            self.vision = VisionConfig(**self.vision)
+            kind = self.vision.get("tower", "vit")
+            self.vision = ResNetConfig(**self.vision) if kind == "resnet" else VisionConfig(**self.vision)
         if isinstance(self.text, dict):
             self.text = TextConfig(**self.text)
         if self.embed_dim <= 0:
             raise ValueError(f"embed_dim must be positive, got {self.embed_dim}")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {ACTIVATIONS}, got {self.act!r}")
+        if self.quick_gelu and self.act not in ("gelu", "quick_gelu"):
+            raise ValueError(f"quick_gelu=True contradicts act={self.act!r}")
+        if self.quick_gelu:
+            self.act = "quick_gelu"
+        self.quick_gelu = self.act == "quick_gelu"
+        if isinstance(self.vision, VisionConfig) and not self.vision.proj and self.vision.width != self.embed_dim:
+            raise ValueError(f"vision.proj=False needs embed_dim == vision.width ({self.vision.width}), got {self.embed_dim}")
 
     def to_dict(self) -> dict:
         return {"family": "dual_encoder", **asdict(self)}
@@ -56,7 +70,7 @@ class DualEncoderOutput:
 
 
 class DualEncoder(TextTower):
-    """Image tower + causal text tower aligned in one space.
+    """Image tower (ViT or ModifiedResNet) + text tower aligned in one space.
 
     Args:
         cfg: model configuration.
@@ -65,8 +79,11 @@ class DualEncoder(TextTower):
     def __init__(self, cfg: DualEncoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, quick_gelu=cfg.quick_gelu)
-        self._build_text(cfg.text, cfg.embed_dim, quick_gelu=cfg.quick_gelu)
+        if isinstance(cfg.vision, ResNetConfig):
+            self.visual = ModifiedResNet(cfg.vision, cfg.embed_dim)
+        else:
+            self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, act=cfg.act)
+        self._build_text(cfg.text, cfg.embed_dim, act=cfg.act)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         if cfg.init_logit_bias is not None:
             self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))

@@ -17,7 +17,7 @@ from torch import nn
 
 from coembed.layers.transformer import Transformer
 
-POOL_TYPES = ("eot", "argmax")
+POOL_TYPES = ("eot", "argmax", "last")
 
 
 @dataclass(kw_only=True)
@@ -33,8 +33,12 @@ class TextConfig:
     pad_id: int = 0
     eot_id: int = 2
     # "eot": first position holding eot_id; "argmax": position of the largest id (OpenAI's CLIP
-    # vocabulary puts end-of-text last, so the two agree there).
+    # vocabulary puts end-of-text last, so the two agree there); "last": the last position (SigLIP,
+    # whose tokenizer pads every row to context_length).
     pool_type: str = "eot"
+    causal: bool = True  # False: bidirectional attention over every position, padding included (SigLIP)
+    proj_bias: bool = False  # True: text_projection is an nn.Linear with a bias (SigLIP's head)
+    ln_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "width", "layers", "heads"):
@@ -62,20 +66,28 @@ def trim_padding(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
 class TextTower(nn.Module):
     """Causal text encoder with OpenAI-CLIP parameter names at the top level."""
 
-    def _build_text(self, cfg: TextConfig, output_dim: int, *, quick_gelu: bool = False) -> None:
+    def _build_text(self, cfg: TextConfig, output_dim: int, *, quick_gelu: bool = False, act: str | None = None) -> None:
         self.text_cfg = cfg
+        act = act or ("quick_gelu" if quick_gelu else "gelu")
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
-        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, quick_gelu=quick_gelu)
-        self.ln_final = nn.LayerNorm(cfg.width)
-        self.text_projection = nn.Parameter(torch.empty(cfg.width, output_dim))
+        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, cfg.mlp_ratio, act=act, eps=cfg.ln_eps)
+        self.ln_final = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
+        if cfg.proj_bias:
+            self.text_projection = nn.Linear(cfg.width, output_dim)
+            nn.init.zeros_(self.text_projection.bias)
+        else:
+            self.text_projection = nn.Parameter(torch.empty(cfg.width, output_dim))
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
-        nn.init.normal_(self.text_projection, std=cfg.width**-0.5)
+        weight = self.text_projection.weight if cfg.proj_bias else self.text_projection
+        nn.init.normal_(weight, std=cfg.width**-0.5)
         self.transformer.init_weights()
 
     def pool_index(self, tokens: torch.Tensor) -> torch.Tensor:
         """Position of the end-of-text token in each row: (B, T) -> (B,)."""
+        if self.text_cfg.pool_type == "last":
+            return torch.full(tokens.shape[:1], tokens.shape[1] - 1, dtype=torch.long, device=tokens.device)
         if self.text_cfg.pool_type == "argmax":
             return tokens.argmax(dim=-1)
         is_eot = tokens == self.text_cfg.eot_id
@@ -86,31 +98,35 @@ class TextTower(nn.Module):
         return torch.where(is_eot.any(dim=-1), is_eot.int().argmax(dim=-1), last)
 
     def text_features(self, tokens: torch.Tensor) -> torch.Tensor:
-        """All token states after ``ln_final``: (B, T) -> (B, T', width), trailing padding trimmed."""
+        """All token states after ``ln_final``: (B, T) -> (B, T', width), trailing padding trimmed
+        (causal towers only: a bidirectional tower's padding changes every state)."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must have shape (batch, length), got {tuple(tokens.shape)}")
-        tokens = trim_padding(tokens, self.text_cfg.pad_id)
+        if self.text_cfg.causal:
+            tokens = trim_padding(tokens, self.text_cfg.pad_id)
         if tokens.shape[1] > self.text_cfg.context_length:
             raise ValueError(
                 f"tokens have length {tokens.shape[1]} > context_length {self.text_cfg.context_length}"
             )
         x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]
-        x = self.transformer(x, causal=True)  # (B, T', width)
+        x = self.transformer(x, causal=self.text_cfg.causal)  # (B, T', width)
         return self.ln_final(x)
 
     def text_head(self, tokens: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         """Pool the end-of-text state and project: -> (B, output_dim)."""
         tokens = tokens[:, : states.shape[1]]
         pooled = states[torch.arange(states.shape[0], device=states.device), self.pool_index(tokens)]
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(pooled)
         return pooled @ self.text_projection
 
 
 class TextTransformer(TextTower):
     """Stand-alone text tower (used where the text encoder is not merged into a CLIP layout)."""
 
-    def __init__(self, cfg: TextConfig, output_dim: int, *, quick_gelu: bool = False) -> None:
+    def __init__(self, cfg: TextConfig, output_dim: int, *, quick_gelu: bool = False, act: str | None = None) -> None:
         super().__init__()
-        self._build_text(cfg, output_dim, quick_gelu=quick_gelu)
+        self._build_text(cfg, output_dim, quick_gelu=quick_gelu, act=act)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.text_head(tokens, self.text_features(tokens))
