@@ -6,9 +6,9 @@ CLIP's word pattern (``'s|'t|...|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+``), byte
 merges with the ``</w>`` end-of-word suffix. Rows are ``<start_of_text> ids... <end_of_text>``,
 zero-padded to ``context_length``; longer texts are cut and end with ``<end_of_text>``.
 
-ftfy is optional: OpenCLIP needs it, coembed uses it when installed (``pip install ftfy``). Without
-it, text is NFC-normalised instead and a warning says once that ids can differ from OpenCLIP's on
-text ftfy would repair (mojibake, curly quotes, ligatures, full-width forms, control characters).
+ftfy is a dependency of coembed, as of OpenCLIP. In an environment installed without it, text is
+NFC-normalised instead and a warning says once that ids can differ from OpenCLIP's on text ftfy
+would repair (mojibake, curly quotes, ligatures, full-width forms, control characters).
 
 As in OpenCLIP, the special tokens' own text inside a caption (``<end_of_text>``) is read as the
 special token when the word pattern isolates it.
