@@ -25,7 +25,7 @@ N_TEST = 200
 
 def cli(*args: object) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "coembed.cli.main", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=900)  # a hang guard; ~1 min on a quiet machine, 5+ min when the cores are shared
     assert proc.returncode == 0, proc.stderr
     return proc
 
