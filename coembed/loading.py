@@ -156,6 +156,13 @@ def tokenizer_spec(tokenizer: AnyTokenizer | None) -> dict[str, Any]:
     return {"kind": kind, "pad_id": tokenizer.pad_id} if kind == "hf" else {"kind": kind}
 
 
+def tokenizer_section(tokenizer: AnyTokenizer | None) -> dict[str, Any]:
+    """``{"tokenizer": spec}`` for ``config.json``, or nothing for coembed's own BPE tokenizer (the default)."""
+    if tokenizer is not None and getattr(tokenizer, "kind", "bpe") == "bpe":
+        return {}
+    return {"tokenizer": tokenizer_spec(tokenizer)}
+
+
 def build_model(config: DualEncoderConfig, state_dict: dict[str, torch.Tensor], source: Path | str) -> DualEncoder:
     """A model with exactly these tensors (missing, unknown or mis-shaped ones are an error)."""
     model = DualEncoder(config)
@@ -185,7 +192,5 @@ def save(path: str | os.PathLike, model: DualEncoder, tokenizer: AnyTokenizer | 
     """Write an inference checkpoint folder (weights, config, tokenizer)."""
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    config = checkpoint_config(model, preprocess or default_preprocess(model))
-    if getattr(tokenizer, "kind", "bpe") != "bpe" or tokenizer is None:
-        config["tokenizer"] = tokenizer_spec(tokenizer)
+    config = checkpoint_config(model, preprocess or default_preprocess(model), **tokenizer_section(tokenizer))
     save_model_files(folder, model, config, tokenizer.to_str() if tokenizer is not None else None)

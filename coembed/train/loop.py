@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -24,19 +24,21 @@ from coembed.errors import CheckpointError, ConfigError, DataError, TrainingDive
 from coembed.eval.features import embed_split
 from coembed.eval.retrieval import retrieval_metrics
 from coembed.eval.suite import zeroshot_task
-from coembed.loading import Loaded, checkpoint_config, default_preprocess, load
+from coembed.loading import Loaded, checkpoint_config, default_preprocess, load, tokenizer_section
 from coembed.losses.contrastive import clip_loss
 from coembed.models.dual_encoder import DualEncoder
-from coembed.presets import apply_overrides, get_preset
+from coembed.presets import apply_overrides, get_preset, new_model
 from coembed.tokenizer import Tokenizer
+from coembed.towers.hf_text import HFTextConfig, read_tokenizer
 from coembed.train.config import TrainConfig
 from coembed.train.optim import build_optimizer, cosine_lr, set_lr
 from coembed.train.state import Progress, load_run_state, save_run_checkpoint
 from coembed.train.step import StepResult, train_step
+from coembed.train.text_cache import CACHE_FILE, TextFeatureCache, load_or_build
 
 # Settings a resumed run must share with the run it continues (others, like log_every, may change).
 RESUME_INVARIANTS = ("data", "preset", "model", "loss", "hard_negatives", "batch_size", "epochs", "max_steps", "lr", "weight_decay",
-                     "warmup_steps", "seed", "precision")
+                     "warmup_steps", "seed", "precision", "captions_per_image")
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -82,6 +84,7 @@ class _Run:
     read_skips: SkipReport  # lines of the metadata file that were skipped
     skipped_names: set[str] = field(default_factory=set)  # images that failed to load in this session
     empty_batches: int = 0  # consecutive batches without one loadable image
+    text_cache: TextFeatureCache | None = None  # pooled caption features of a frozen text tower
 
 
 def _worker_init(_: int) -> None:
@@ -89,9 +92,15 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _new_model(cfg: TrainConfig, tokenizer: Tokenizer) -> DualEncoder:
+def _new_model(cfg: TrainConfig, samples: list) -> tuple[DualEncoder, Tokenizer]:
+    """A fresh model and its tokenizer: a BPE vocabulary trained on the captions, or a Hugging Face
+    text tower's own tokenizer (and pretrained weights)."""
+    model_cfg = apply_overrides(get_preset(cfg.preset), cfg.model)
+    if isinstance(model_cfg.text, HFTextConfig):
+        return new_model(model_cfg), read_tokenizer(model_cfg.text)
+    tokenizer = Tokenizer.train((c for s in samples for c in s.captions), vocab_size=cfg.vocab_size)
     overrides = {"text.vocab_size": tokenizer.vocab_size, "text.pad_id": tokenizer.pad_id, "text.eot_id": tokenizer.eot_id, **cfg.model}
-    return DualEncoder(apply_overrides(get_preset(cfg.preset), overrides))
+    return new_model(apply_overrides(get_preset(cfg.preset), overrides)), tokenizer
 
 
 def _check_resume_compatible(cfg: TrainConfig, saved: dict) -> None:
@@ -109,14 +118,15 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
     torch.manual_seed(cfg.seed)
     train_dir = split_root(cfg.data, "train")
     samples, skipped = read_samples(train_dir)
+    if cfg.captions_per_image:
+        samples = [replace(s, captions=s.captions[: cfg.captions_per_image]) for s in samples]
     if len(samples) < cfg.batch_size:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {len(samples)} usable training samples in {train_dir}")
     out = Path(cfg.out)
     if resume:
         model, _, tokenizer = load(resolve(out / CHECKPOINT_DIR))
     else:
-        tokenizer = Tokenizer.train((c for s in samples for c in s.captions), vocab_size=cfg.vocab_size)
-        model = _new_model(cfg, tokenizer)
+        model, tokenizer = _new_model(cfg, samples)
     if cfg.hard_negatives and not any(s.meta.get("negatives") for s in samples):
         raise ConfigError(f"hard_negatives is on but no training sample in {train_dir} has a 'negatives' list of false captions")
     if cfg.loss == "siglip" and model.logit_bias is None:
@@ -209,7 +219,7 @@ def _line_step(line: str) -> int | None:
 
 
 def _save(run: _Run, cfg: TrainConfig, out: Path) -> Path:
-    config = checkpoint_config(run.model, default_preprocess(run.model), preset=cfg.preset)
+    config = checkpoint_config(run.model, default_preprocess(run.model), preset=cfg.preset, **tokenizer_section(run.tokenizer))
     return save_run_checkpoint(out, run.model, config, run.tokenizer.to_str(), run.optimizer, run.progress, cfg.to_dict())
 
 
@@ -229,6 +239,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)  # only now: a user error must not leave an empty run folder
     (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     log = MetricsLog(out / "metrics.jsonl", run.progress.step if resume else None)
+    run.text_cache = _text_cache(run, cfg, out, log)
     skipped = SkipReport()
     skipped.merge(run.read_skips)
     start_time, last_loss = time.perf_counter(), float("nan")
@@ -251,6 +262,35 @@ def _progress_bar(cfg: TrainConfig, run: _Run):
     from tqdm.auto import tqdm  # training extra; the library itself does not need it
 
     return tqdm(total=run.total_steps, initial=run.progress.step, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _text_cache(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog) -> TextFeatureCache | None:
+    """A frozen Hugging Face tower's pooled features of every training caption (and negative), computed
+    once and kept in ``out``; None when the text tower trains."""
+    text_cfg = run.model.text_cfg
+    if not (isinstance(text_cfg, HFTextConfig) and text_cfg.frozen):
+        return None
+    samples = run.dataset.samples
+    captions = [c for s in samples for c in s.captions]
+    if cfg.hard_negatives:
+        captions += [n for s in samples for n in (s.meta.get("negatives") or []) if isinstance(n, str) and n.strip()]
+    bars = []
+
+    def progress(total: int):
+        from tqdm.auto import tqdm
+
+        bars.append(tqdm(total=total, desc="cache captions", unit="caption", dynamic_ncols=True))
+        return bars[-1].update
+
+    start = time.perf_counter()
+    cache, computed = load_or_build(out / CACHE_FILE, run.model, run.tokenizer, captions, bf16=cfg.precision == "bf16",
+                                    progress=progress if cfg.progress else None)
+    for bar in bars:
+        bar.close()
+    if computed:
+        seconds = time.perf_counter() - start
+        log.write({"step": run.progress.step, "text_cache_captions": len(cache.captions), "text_cache_seconds": round(seconds, 2)})
+    return cache
 
 
 def _run_epoch(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog, skipped: SkipReport, bar, epoch: int, offset: int) -> float:
@@ -292,17 +332,24 @@ def _train_batch(run: _Run, cfg: TrainConfig, out: Path, batch, step: int) -> tu
     """One optimisation step on ``batch``; returns its result and learning rate."""
     lr = cosine_lr(step - 1, base_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=run.total_steps)
     set_lr(run.optimizer, lr)
-    context = run.model.text_cfg.context_length
-    tokens = run.tokenizer(batch.captions, context_length=context)
-    negatives = run.tokenizer(batch.negatives, context_length=context) if batch.negatives else None
+    texts, negatives = _text_inputs(run, batch)
     try:
-        result = train_step(run.model, run.optimizer, batch.images, tokens, loss_name=cfg.loss,
-                            bf16=cfg.precision == "bf16", grad_clip=cfg.grad_clip, step=step, negative_tokens=negatives)
+        result = train_step(run.model, run.optimizer, batch.images, texts, loss_name=cfg.loss, bf16=cfg.precision == "bf16",
+                            grad_clip=cfg.grad_clip, step=step, negative_tokens=negatives, pooled_text=run.text_cache is not None)
     except TrainingDiverged as e:
         kept = out / CHECKPOINT_DIR
         where = f"the last good checkpoint {kept} (step {_saved_step(kept)}) is kept" if kept.exists() else "no checkpoint had been written yet"
         raise TrainingDiverged(f"{e} (lr {lr:.3g}); {where}. Try a lower lr, grad_clip, or precision=fp32.") from None
     return result, lr
+
+
+def _text_inputs(run: _Run, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token ids of the batch's captions and negatives, or their cached pooled features."""
+    if run.text_cache is not None:
+        return run.text_cache.lookup(batch.captions), run.text_cache.lookup(batch.negatives) if batch.negatives else None
+    context = run.model.text_cfg.context_length
+    negatives = run.tokenizer(batch.negatives, context_length=context) if batch.negatives else None
+    return run.tokenizer(batch.captions, context_length=context), negatives
 
 
 def _record_skips(run: _Run, batch, skipped: SkipReport) -> None:

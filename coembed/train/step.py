@@ -50,15 +50,20 @@ def train_step(
     grad_clip: float | None,
     step: int,
     negative_tokens: torch.Tensor | None = None,
+    pooled_text: bool = False,
 ) -> StepResult:
     """Run one update; a non-finite loss or gradient raises before the weights change.
 
-    ``negative_tokens`` are hard-negative captions added to every image's softmax (NegCLIP).
+    ``negative_tokens`` are hard-negative captions added to every image's softmax (NegCLIP). With
+    ``pooled_text``, ``tokens`` and ``negative_tokens`` are a frozen tower's cached pooled features
+    (B, hidden) instead of token ids, and only the projection runs on the text side.
     """
     model.train()
+    encode_text = model.project_text if pooled_text else model.encode_text
     with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = model(images, tokens)
-        negatives = model.encode_text(negative_tokens, normalize=True) if negative_tokens is not None else None
+        out = DualEncoderOutput(image_emb=model.encode_image(images, normalize=True), text_emb=encode_text(tokens, normalize=True),
+                                logit_scale=model.temperature(), logit_bias=model.logit_bias)
+        negatives = encode_text(negative_tokens, normalize=True) if negative_tokens is not None else None
     loss = contrastive_loss(loss_name, out) if negatives is None else contrastive_loss(loss_name, out, negatives)
     if not torch.isfinite(loss):
         raise TrainingDiverged(f"loss became {loss.item()} at step {step}")
