@@ -1,0 +1,151 @@
+"""The FAISS side of the store: an inner-product index over unit vectors, keyed by vector id.
+
+Up to ``exact_threshold`` vectors the index is exact (``IndexIDMap(IndexFlatIP)``); above it an
+approximate one: HNSW (default; no training, good recall at low latency) or IVF-Flat (faster to
+build, trained on the data). The index file starts with a 16-byte header holding the store
+generation it was built at, and is replaced atomically (temp file + rename), so a reader sees either
+the previous complete index or the new one and can tell whether it is current.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from coembed.io import atomic_write_bytes
+
+_MAGIC = b"COEMBIDX"
+_HEADER = struct.Struct("<8sQ")
+APPROXIMATE_KINDS = ("hnsw", "ivf")
+
+
+@dataclass(kw_only=True)
+class IndexConfig:
+    """Which FAISS index to use and its search-time knobs.
+
+    Attributes:
+        exact_threshold: largest vector count searched exactly.
+        approximate: ``"hnsw"`` or ``"ivf"`` above the threshold.
+        hnsw_m: HNSW graph degree.
+        hnsw_ef_construction: HNSW build-time beam width.
+        hnsw_ef_search: HNSW search-time beam width (recall vs latency).
+        ivf_nlist: IVF cell count; 0 means ``4 * sqrt(N)``.
+        ivf_nprobe: IVF cells visited per query.
+    """
+
+    exact_threshold: int = 100_000
+    approximate: str = "hnsw"
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 256
+    ivf_nlist: int = 0
+    ivf_nprobe: int = 64
+
+    def __post_init__(self) -> None:
+        if self.approximate not in APPROXIMATE_KINDS:
+            raise ValueError(f"approximate must be one of {APPROXIMATE_KINDS}, got {self.approximate!r}")
+        for name in ("exact_threshold", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(self.ivf_nlist, bool) or not isinstance(self.ivf_nlist, int) or self.ivf_nlist < 0:
+            raise ValueError(f"ivf_nlist must be a non-negative int, got {self.ivf_nlist!r}")
+
+    def kind_for(self, n: int) -> str:
+        return "flat" if n <= self.exact_threshold else self.approximate
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class VectorIndex:
+    """A FAISS index plus the store generation it reflects."""
+
+    def __init__(self, index, generation: int, kind: str) -> None:
+        self.index, self.generation, self.kind = index, generation, kind
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    @classmethod
+    def build(cls, ids: np.ndarray, vectors: np.ndarray, cfg: IndexConfig, generation: int) -> VectorIndex:
+        """Index ``vectors`` (N, D) float32 under ``ids`` (N,) int64."""
+        import faiss
+
+        n, dim = vectors.shape
+        kind = cfg.kind_for(n)
+        if kind == "flat":
+            index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+        elif kind == "hnsw":
+            hnsw = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            hnsw.hnsw.efConstruction = cfg.hnsw_ef_construction
+            index = faiss.IndexIDMap(hnsw)
+        else:
+            nlist = cfg.ivf_nlist or max(1, int(4 * math.sqrt(n)))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            sample = vectors[np.random.default_rng(0).permutation(n)[: nlist * 64]]
+            index.train(np.ascontiguousarray(sample))
+        if n:
+            index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+        out = cls(index, generation, kind)
+        out.configure(cfg)
+        return out
+
+    def configure(self, cfg: IndexConfig) -> None:
+        """Apply the search-time parameters (they are not part of the saved index's identity)."""
+        import faiss
+
+        inner = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap) else self.index
+        if isinstance(inner, faiss.IndexHNSW):
+            inner.hnsw.efSearch = cfg.hnsw_ef_search
+        elif isinstance(inner, faiss.IndexIVF):
+            inner.nprobe = cfg.ivf_nprobe
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (Q, k), ids (Q, k)); missing results have id -1."""
+        k = max(1, min(k, self.size)) if self.size else 1
+        if not self.size:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+    def save(self, path: str | os.PathLike) -> None:
+        import faiss
+
+        payload = faiss.serialize_index(self.index).tobytes()
+        atomic_write_bytes(path, _HEADER.pack(_MAGIC, self.generation) + payload)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, generation: int, cfg: IndexConfig) -> VectorIndex | None:
+        """The saved index if it exists, is intact and was built at ``generation``; else None."""
+        import faiss
+
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+            magic, saved = _HEADER.unpack_from(data)
+        except (OSError, struct.error):
+            return None
+        if magic != _MAGIC or saved != generation:
+            return None
+        try:
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8, offset=_HEADER.size))
+        except RuntimeError:  # truncated or foreign file: rebuild it
+            return None
+        out = cls(index, generation, _kind_of(index))
+        out.configure(cfg)
+        return out
+
+
+def _kind_of(index) -> str:
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+    if isinstance(inner, faiss.IndexHNSW):
+        return "hnsw"
+    return "ivf" if isinstance(inner, faiss.IndexIVF) else "flat"
