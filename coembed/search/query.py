@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,11 +127,16 @@ def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
     return (total / norm).astype(np.float32)
 
 
-def query_vector(loaded: Loaded, terms: Sequence[Term], images: Sequence = (), image_weight: float = 1.0) -> np.ndarray:
-    """The search direction of text ``terms`` plus PIL ``images`` (each with ``image_weight``)."""
+def query_vector(loaded: Loaded, terms: Sequence[Term], images: Sequence = (), image_weight: float = 1.0,
+                 encode_text: Callable[[list[str]], np.ndarray] | None = None) -> np.ndarray:
+    """The search direction of text ``terms`` plus PIL ``images`` (each with ``image_weight``).
+
+    ``encode_text`` replaces :func:`encode_texts` (a server passes its micro-batcher).
+    """
     parts, weights = [], []
     if terms:
-        parts.append(encode_texts(loaded, [t.text for t in terms]))
+        texts = [t.text for t in terms]
+        parts.append(encode_text(texts) if encode_text else encode_texts(loaded, texts))
         weights.extend(t.weight for t in terms)
     if images:
         parts.append(encode_images(loaded, images))

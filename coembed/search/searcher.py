@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -33,8 +33,9 @@ class Hit:
 class Searcher:
     """Text, image and by-id search of ``store`` with the model that built it."""
 
-    def __init__(self, store: Store, loaded: Loaded) -> None:
+    def __init__(self, store: Store, loaded: Loaded, encode_text: Callable[[list[str]], np.ndarray] | None = None) -> None:
         self.store, self.loaded = store, loaded
+        self.encode_text = encode_text  # None: encode each query on its own
 
     def search_vector(self, vector: np.ndarray, top: int, exclude: int | None = None) -> list[Hit]:
         """The ``top`` live files nearest to unit ``vector`` (D,); duplicates of one content tie."""
@@ -50,7 +51,7 @@ class Searcher:
     def text(self, expression: str, top: int = 10, images: Sequence = ()) -> list[Hit]:
         """Files matching a query expression (see :mod:`coembed.search.query`), plus optional images."""
         terms = parse_query(expression) if expression and expression.strip() else []
-        return self.search_vector(query_vector(self.loaded, terms, images), top)
+        return self.search_vector(query_vector(self.loaded, terms, images, encode_text=self.encode_text), top)
 
     def image(self, image, top: int = 10) -> list[Hit]:
         """Files most similar to a PIL image."""
