@@ -9,8 +9,9 @@ files point at the same vector row, so they are never embedded twice.
 Why vectors live in SQLite and not only in the FAISS file: one transaction commits a batch's files
 and vectors together, so a ``kill -9`` at any moment leaves either the whole batch or none of it.
 The FAISS index (``<db>.faiss``) is a cache stamped with the store's *generation* (a counter bumped
-by every commit that changes the searchable set); when its stamp differs from the database's, the
-index is rebuilt from the blobs. It can therefore never disagree with the metadata.
+by every commit that changes the searchable set) and the ids it holds; when its stamp differs from
+the database's, the ids that changed are added or removed from the blobs (or, when that is not
+possible, it is rebuilt). It can therefore never disagree with the metadata.
 """
 
 from __future__ import annotations
@@ -312,21 +313,42 @@ class Store:
     def vector_index(self) -> VectorIndex:
         """The FAISS index of the live vectors, current with the database.
 
-        Loaded from ``<db>.faiss`` when its generation stamp matches, else rebuilt from the vector
-        blobs and saved; kept in memory until the generation changes.
+        Loaded from ``<db>.faiss``; if that is older than the database, only the vectors that
+        changed since are added and removed (a full rebuild only when the index kind must change,
+        HNSW must drop vectors, or the file is missing or damaged); then saved. Kept in memory
+        until the generation changes.
         """
         generation = self.generation
         with self._lock:
             if self._index is not None and self._index.generation == generation:
                 return self._index
             cfg = self.index_config()
-            index = VectorIndex.load(self.index_path, generation, cfg)
-            if index is None or index.kind != cfg.kind_for(index.size):
-                ids, vecs = self.live_vectors()
-                index = VectorIndex.build(ids, vecs, cfg, generation)
+            # A fresh copy from disk, never the in-memory index: other threads may be searching it.
+            index = VectorIndex.load(self.index_path, cfg)
+            if index is None or index.generation != generation or index.kind != cfg.kind_for(index.size):
+                index = self._refresh(index, generation, cfg)
                 index.save(self.index_path)
             self._index = index
             return index
+
+    def _refresh(self, index: VectorIndex | None, generation: int, cfg: IndexConfig) -> VectorIndex:
+        live = np.fromiter((r[0] for r in self._query(_LIVE_VECTORS.replace("v.id, v.vector", "v.id"))), dtype=np.int64)
+        if index is not None:
+            added, removed = np.setdiff1d(live, index.ids), np.setdiff1d(index.ids, live)
+            if index.can_update(len(live), len(removed) > 0, cfg):
+                index.update(added, self._vectors(added), removed, generation)
+                return index
+        ids, vecs = self.live_vectors()
+        return VectorIndex.build(ids, vecs, cfg, generation)
+
+    def _vectors(self, ids: np.ndarray) -> np.ndarray:
+        """(len(ids), D) vectors of ``ids``, in that order."""
+        dim = self.model().embed_dim
+        found: dict[int, bytes] = {}
+        for start in range(0, len(ids), 500):
+            chunk = [int(i) for i in ids[start : start + 500]]
+            found.update(self._query(f"SELECT id, vector FROM vectors WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return np.frombuffer(b"".join(found[int(i)] for i in ids), dtype=np.float32).reshape(len(ids), dim)
 
 
 def _bump_generation(conn: sqlite3.Connection) -> None:

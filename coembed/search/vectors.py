@@ -2,9 +2,10 @@
 
 Up to ``exact_threshold`` vectors the index is exact (``IndexIDMap(IndexFlatIP)``); above it an
 approximate one: HNSW (default; no training, good recall at low latency) or IVF-Flat (faster to
-build, trained on the data). The index file starts with a 16-byte header holding the store
-generation it was built at, and is replaced atomically (temp file + rename), so a reader sees either
-the previous complete index or the new one and can tell whether it is current.
+build, trained on the data). The index file starts with a header holding the store generation it
+was built at and the ids it holds, and is replaced atomically (temp file + rename), so a reader sees
+either the previous complete index or the new one, can tell whether it is current, and can bring a
+stale one up to date by adding and removing only the ids that changed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from coembed.io import atomic_write_bytes
 
 _MAGIC = b"COEMBIDX"
-_HEADER = struct.Struct("<8sQ")
+_HEADER = struct.Struct("<8sQQ")  # magic, generation, number of ids
 APPROXIMATE_KINDS = ("hnsw", "ivf")
 
 
@@ -66,8 +67,9 @@ class IndexConfig:
 class VectorIndex:
     """A FAISS index plus the store generation it reflects."""
 
-    def __init__(self, index, generation: int, kind: str) -> None:
+    def __init__(self, index, generation: int, kind: str, ids: np.ndarray) -> None:
         self.index, self.generation, self.kind = index, generation, kind
+        self.ids = np.sort(np.asarray(ids, dtype=np.int64))  # the vector ids it holds
 
     @property
     def size(self) -> int:
@@ -93,9 +95,23 @@ class VectorIndex:
             index.train(np.ascontiguousarray(sample))
         if n:
             index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
-        out = cls(index, generation, kind)
+        out = cls(index, generation, kind, ids)
         out.configure(cfg)
         return out
+
+    def can_update(self, n_after: int, removing: bool, cfg: IndexConfig) -> bool:
+        """Whether adding/removing in place keeps the index the kind ``cfg`` wants (HNSW cannot remove)."""
+        return cfg.kind_for(n_after) == self.kind and not (removing and self.kind == "hnsw")
+
+    def update(self, add_ids: np.ndarray, add_vectors: np.ndarray, remove_ids: np.ndarray, generation: int) -> None:
+        """Add and remove vectors in place and stamp the new generation."""
+        if len(remove_ids):
+            self.index.remove_ids(np.ascontiguousarray(remove_ids, dtype=np.int64))
+        if len(add_ids):
+            self.index.add_with_ids(np.ascontiguousarray(add_vectors, dtype=np.float32), np.ascontiguousarray(add_ids, dtype=np.int64))
+        kept = np.setdiff1d(self.ids, remove_ids, assume_unique=True)
+        self.ids = np.sort(np.concatenate([kept, np.asarray(add_ids, dtype=np.int64)]))
+        self.generation = generation
 
     def configure(self, cfg: IndexConfig) -> None:
         """Apply the search-time parameters (they are not part of the saved index's identity)."""
@@ -118,26 +134,23 @@ class VectorIndex:
         import faiss
 
         payload = faiss.serialize_index(self.index).tobytes()
-        atomic_write_bytes(path, _HEADER.pack(_MAGIC, self.generation) + payload)
+        atomic_write_bytes(path, _HEADER.pack(_MAGIC, self.generation, len(self.ids)) + self.ids.tobytes() + payload)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, generation: int, cfg: IndexConfig) -> VectorIndex | None:
-        """The saved index if it exists, is intact and was built at ``generation``; else None."""
+    def load(cls, path: str | os.PathLike, cfg: IndexConfig) -> VectorIndex | None:
+        """The saved index (whatever generation it was built at), or None if missing or damaged."""
         import faiss
 
-        path = Path(path)
         try:
-            data = path.read_bytes()
-            magic, saved = _HEADER.unpack_from(data)
-        except (OSError, struct.error):
+            data = Path(path).read_bytes()
+            magic, generation, n_ids = _HEADER.unpack_from(data)
+            ids = np.frombuffer(data, dtype=np.int64, count=n_ids, offset=_HEADER.size)
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8, offset=_HEADER.size + 8 * n_ids))
+        except (OSError, struct.error, ValueError, RuntimeError):  # missing, truncated or foreign: rebuild it
             return None
-        if magic != _MAGIC or saved != generation:
+        if magic != _MAGIC or int(index.ntotal) != n_ids:
             return None
-        try:
-            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8, offset=_HEADER.size))
-        except RuntimeError:  # truncated or foreign file: rebuild it
-            return None
-        out = cls(index, generation, _kind_of(index))
+        out = cls(index, generation, _kind_of(index), ids)
         out.configure(cfg)
         return out
 

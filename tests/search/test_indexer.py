@@ -131,12 +131,27 @@ def test_pixel_limit_is_configurable(store: Store, loaded_tiny, photo_dir: Path)
 
 def test_faiss_file_is_a_cache_of_sqlite(store: Store, loaded_tiny, photo_dir: Path) -> None:
     run_index(store, loaded_tiny, photo_dir)
-    assert VectorIndex.load(store.index_path, store.generation, IndexConfig()) is not None
+    assert VectorIndex.load(store.index_path, IndexConfig()).generation == store.generation
     store.index_path.write_bytes(b"garbage")  # a torn or foreign file is rebuilt, not trusted
     reopened = Store.open(store.path)
     assert reopened.vector_index().size == 12
-    assert VectorIndex.load(store.index_path, store.generation, IndexConfig()).size == 12
-    assert VectorIndex.load(store.index_path, store.generation + 1, IndexConfig()) is None  # stale -> rebuilt
+    saved = VectorIndex.load(store.index_path, IndexConfig())
+    assert saved.size == 12 and saved.generation == store.generation and len(saved.ids) == 12
+
+
+def test_a_stale_index_is_updated_not_rebuilt(store: Store, loaded_tiny, photo_dir: Path, shapes_data: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    run_index(store, loaded_tiny, photo_dir)
+    monkeypatch.setattr(VectorIndex, "build", classmethod(lambda *a: pytest.fail("rebuilt instead of updated")))
+    for src in sorted((shapes_data / "val" / "images").glob("*.png"))[:3]:
+        shutil.copy(src, photo_dir / src.name)
+    sorted((photo_dir / "holiday").glob("*.png"))[0].unlink()
+    report = run_index(store, loaded_tiny, photo_dir)
+    assert (report.embedded, report.deleted) == (3, 1)
+    index = Store.open(store.path).vector_index()
+    assert index.size == 14 and index.generation == store.generation
+    ids, _ = store.live_vectors()
+    assert index.ids.tolist() == sorted(ids.tolist())
 
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
