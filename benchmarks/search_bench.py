@@ -47,7 +47,7 @@ def make_vectors(n: int, queries: int, data: str, seed: int = 0) -> tuple[np.nda
         draw = lambda m: unit(rng.standard_normal((m, DIM), dtype=np.float32))  # noqa: E731
     else:
         centres = unit(rng.standard_normal((10_000, DIM), dtype=np.float32))
-        draw = lambda m: unit(centres[rng.integers(0, len(centres), m)] + 0.12 * rng.standard_normal((m, DIM), dtype=np.float32))  # noqa: E731
+        draw = lambda m: unit(centres[rng.integers(0, len(centres), m)] + 0.05 * rng.standard_normal((m, DIM), dtype=np.float32))  # noqa: E731
     base = np.concatenate([draw(min(100_000, n - i)) for i in range(0, n, 100_000)])
     return base, draw(queries)
 
@@ -67,7 +67,9 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / truth.shape[1] for a, b in zip(found, truth)]))
 
 
-def bench_vectors(n: int, data: str, n_queries: int, cfg_kwargs: dict) -> list[dict]:
+def bench_vectors(n: int, data: str, n_queries: int, approximate: str, sweep: list[int]) -> list[dict]:
+    """Exact vs approximate over one data set; the approximate index is built once and timed at each
+    value of its search knob (HNSW efSearch or IVF nprobe)."""
     import faiss
 
     from coembed.search.vectors import IndexConfig, VectorIndex
@@ -75,18 +77,19 @@ def bench_vectors(n: int, data: str, n_queries: int, cfg_kwargs: dict) -> list[d
     faiss.omp_set_num_threads(1)  # as served: concurrency comes from parallel requests, not one query
     base, queries = make_vectors(n, n_queries, data)
     ids = np.arange(n, dtype=np.int64)
-    rows = []
     exact = VectorIndex.build(ids, base, IndexConfig(exact_threshold=n), 0)
     truth, lat = time_queries(exact, queries)
-    rows.append(_vector_row(n, data, exact.kind, 0.0, lat, 1.0, {}))
+    rows = [_vector_row(n, data, exact.kind, 0.0, lat, 1.0, {})]
     faiss.omp_set_num_threads(2)  # build with both cores
-    cfg = IndexConfig(exact_threshold=1, **cfg_kwargs)
     start = time.perf_counter()
-    approx = VectorIndex.build(ids, base, cfg, 0)
+    approx = VectorIndex.build(ids, base, IndexConfig(exact_threshold=1, approximate=approximate), 0)
     build = time.perf_counter() - start
     faiss.omp_set_num_threads(1)
-    found, lat = time_queries(approx, queries)
-    rows.append(_vector_row(n, data, approx.kind, build, lat, recall_at(found, truth), cfg_kwargs))
+    knob = "hnsw_ef_search" if approximate == "hnsw" else "ivf_nprobe"
+    for value in sweep:
+        approx.configure(IndexConfig(approximate=approximate, **{knob: value}))
+        found, lat = time_queries(approx, queries)
+        rows.append(_vector_row(n, data, approx.kind, build, lat, recall_at(found, truth), {knob: value}))
     return rows
 
 
@@ -208,8 +211,8 @@ def main() -> None:
     p.add_argument("--data", default="iid,clustered", help="vector distributions: iid, clustered")
     p.add_argument("--queries", type=int, default=500)
     p.add_argument("--approximate", default="hnsw", choices=("hnsw", "ivf"))
-    p.add_argument("--ef-search", type=int, default=256)
-    p.add_argument("--nprobe", type=int, default=64)
+    p.add_argument("--sweep", default="", help="efSearch (hnsw) or nprobe (ivf) values, comma-separated "
+                   "(default: the store's default)")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--index-images", type=int, default=2000)
@@ -220,12 +223,16 @@ def main() -> None:
     args = p.parse_args()
 
     rows: list[dict] = []
-    params = {"approximate": args.approximate, "hnsw_ef_search": args.ef_search, "ivf_nprobe": args.nprobe}
     if not args.skip_vectors:
+        from coembed.search.vectors import IndexConfig
+
+        default = IndexConfig().hnsw_ef_search if args.approximate == "hnsw" else IndexConfig().ivf_nprobe
+        sweep = [int(v) for v in args.sweep.split(",") if v] or [default]
         for data in args.data.split(","):
             for n in map(int, args.vectors.split(",")):
-                rows += bench_vectors(n, data, args.queries, params)
-                print_table(rows[-2:])
+                new = bench_vectors(n, data, args.queries, args.approximate, sweep)
+                print_table(new)
+                rows += new
     if not (args.skip_http and args.skip_indexing):
         with tempfile.TemporaryDirectory(prefix="coembed-bench-") as tmp:
             tmp = Path(tmp)

@@ -268,22 +268,34 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def _install_metrics(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def record(request: Request, call_next):
-        start = time.perf_counter()
-        route = _route_name(request)
+    app.add_middleware(_MetricsMiddleware, metrics=app.state.metrics)
+
+
+class _MetricsMiddleware:
+    """Plain ASGI middleware (lighter than ``@app.middleware("http")``): status and latency per route."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [500]
+
+        async def send_and_note(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
         try:
-            response = await call_next(request)
-        except Exception:
-            request.app.state.metrics.record(route, 500, time.perf_counter() - start)
-            raise
-        request.app.state.metrics.record(route, response.status_code, time.perf_counter() - start)
-        return response
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self.metrics.record(_route_name(scope["path"]), status[0], time.perf_counter() - start)
 
 
-def _route_name(request: Request) -> str:
+def _route_name(path: str) -> str:
     """Metrics group by route template (``/api/similar/{file_id}``), not by raw path."""
-    path = request.url.path
     for prefix in ("/api/similar/", "/api/thumbnail/", "/static/"):
         if path.startswith(prefix):
             return prefix + "*"
