@@ -27,6 +27,7 @@ import torch
 from coembed.data.datasets import SkipReport, iter_images
 from coembed.errors import DataError
 from coembed.loading import Loaded
+from coembed.search.checks import require_ints
 from coembed.search.store import FileUpdate, NewVector, Store, file_sha256
 from coembed.transforms import ImageLoadError, load_image
 
@@ -46,10 +47,7 @@ class IndexerConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_pixels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        require_ints(self, ("batch_size", "max_pixels"))
 
 
 @dataclass

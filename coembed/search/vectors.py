@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from coembed.io import atomic_write_bytes
+from coembed.search.checks import require_ints
 
 _MAGIC = b"COEMBIDX"
 _HEADER = struct.Struct("<8sQQ")  # magic, generation, number of ids
@@ -50,12 +51,8 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.approximate not in APPROXIMATE_KINDS:
             raise ValueError(f"approximate must be one of {APPROXIMATE_KINDS}, got {self.approximate!r}")
-        for name in ("exact_threshold", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(self.ivf_nlist, bool) or not isinstance(self.ivf_nlist, int) or self.ivf_nlist < 0:
-            raise ValueError(f"ivf_nlist must be a non-negative int, got {self.ivf_nlist!r}")
+        require_ints(self, ("exact_threshold", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe"))
+        require_ints(self, ("ivf_nlist",), minimum=0)
 
     def kind_for(self, n: int) -> str:
         return "flat" if n <= self.exact_threshold else self.approximate

@@ -17,6 +17,7 @@ from PIL import Image
 
 import coembed
 from coembed.cli.main import main
+from tests.helpers import copy_test_images
 
 SUBCOMMANDS = [["data"], ["data", "shapes"], ["train"], ["eval"], ["embed"], ["classify"], ["demo"]]
 ENTRY_POINT = Path(sys.executable).parent / "coembed"
@@ -104,11 +105,7 @@ def test_eval_json_and_file(tiny_checkpoint: Path, shapes_data: Path, tmp_path: 
 @pytest.fixture
 def image_folder(shapes_data: Path, tmp_path: Path) -> Path:
     """Five test images in two sub-folders plus one corrupt file."""
-    root = tmp_path / "images"
-    for i, src in enumerate(sorted((shapes_data / "test" / "images").rglob("*.png"))[:5]):
-        dst = root / ("a" if i < 3 else "b/c") / src.name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, dst)
+    root = copy_test_images(shapes_data, tmp_path / "images", 5, lambda i: "a" if i < 3 else "b/c")
     (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     return root
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 import coembed
+from tests.helpers import copy_test_images
 
 
 @pytest.fixture(scope="session")
@@ -18,9 +18,4 @@ def loaded_tiny(tiny_checkpoint: Path) -> coembed.Loaded:
 @pytest.fixture
 def photo_dir(shapes_data: Path, tmp_path: Path) -> Path:
     """Twelve test images, in two sub-folders."""
-    root = tmp_path / "photos"
-    for i, src in enumerate(sorted((shapes_data / "test" / "images").glob("*.png"))[:12]):
-        dst = root / ("holiday" if i < 8 else "work/2024") / src.name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, dst)
-    return root
+    return copy_test_images(shapes_data, tmp_path / "photos", 12, lambda i: "holiday" if i < 8 else "work/2024")
