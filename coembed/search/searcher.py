@@ -43,10 +43,15 @@ class Searcher:
             raise ConfigError(f"top must be between 1 and {MAX_TOP}, got {top}")
         index = self.store.vector_index()
         want = top + (1 if exclude is not None else 0)
-        scores, ids = index.search(vector[None, :], want)
-        files = self.store.files_for_vectors(int(i) for i in ids[0] if i >= 0)
-        hits = [_hit(f, float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0 for f in files.get(int(i), [])]
-        return [h for h in hits if h.id != exclude][:top]
+        k = want + 8  # a little extra: an HNSW index may still hold vectors of deleted files
+        while True:
+            scores, ids = index.search(vector[None, :], k)
+            files = self.store.files_for_vectors(int(i) for i in ids[0] if i >= 0)
+            hits = [_hit(f, float(s)) for s, i in zip(scores[0], ids[0]) if i >= 0 for f in files.get(int(i), [])]
+            hits = [h for h in hits if h.id != exclude]
+            if len(hits) >= top or k >= index.size:
+                return hits[:top]
+            k *= 4
 
     def text(self, expression: str, top: int = 10, images: Sequence = ()) -> list[Hit]:
         """Files matching a query expression (see :mod:`coembed.search.query`), plus optional images."""

@@ -335,7 +335,7 @@ class Store:
         live = np.fromiter((r[0] for r in self._query(_LIVE_VECTORS.replace("v.id, v.vector", "v.id"))), dtype=np.int64)
         if index is not None:
             added, removed = np.setdiff1d(live, index.ids), np.setdiff1d(index.ids, live)
-            if index.can_update(len(live), len(removed) > 0, cfg):
+            if index.can_update(len(live), len(removed), cfg):
                 index.update(added, self._vectors(added), removed, generation)
                 return index
         ids, vecs = self.live_vectors()

@@ -24,6 +24,7 @@ from coembed.search.checks import require_ints
 _MAGIC = b"COEMBIDX"
 _HEADER = struct.Struct("<8sQQ")  # magic, generation, number of ids
 APPROXIMATE_KINDS = ("hnsw", "ivf")
+HNSW_MAX_STALE = 0.1  # fraction of stale vectors an HNSW index keeps before it is rebuilt
 
 
 @dataclass(kw_only=True)
@@ -96,18 +97,26 @@ class VectorIndex:
         out.configure(cfg)
         return out
 
-    def can_update(self, n_after: int, removing: bool, cfg: IndexConfig) -> bool:
-        """Whether adding/removing in place keeps the index the kind ``cfg`` wants (HNSW cannot remove)."""
-        return cfg.kind_for(n_after) == self.kind and not (removing and self.kind == "hnsw")
+    def can_update(self, n_live: int, n_stale: int, cfg: IndexConfig) -> bool:
+        """Whether the index can be brought to ``n_live`` vectors in place, ``n_stale`` of its own
+        vectors no longer being live, and stay the kind ``cfg`` wants.
+
+        HNSW cannot remove vectors: it keeps stale ones (search skips them, as they have no live
+        file) until they are more than :data:`HNSW_MAX_STALE` of the index, then it is rebuilt.
+        """
+        if cfg.kind_for(n_live) != self.kind:
+            return False
+        return self.kind != "hnsw" or n_stale <= HNSW_MAX_STALE * (n_live + n_stale)
 
     def update(self, add_ids: np.ndarray, add_vectors: np.ndarray, remove_ids: np.ndarray, generation: int) -> None:
-        """Add and remove vectors in place and stamp the new generation."""
-        if len(remove_ids):
+        """Add and remove vectors in place (HNSW keeps removed ones) and stamp the new generation."""
+        add_ids = np.ascontiguousarray(add_ids, dtype=np.int64)
+        if len(remove_ids) and self.kind != "hnsw":
             self.index.remove_ids(np.ascontiguousarray(remove_ids, dtype=np.int64))
+            self.ids = np.setdiff1d(self.ids, remove_ids, assume_unique=True)
         if len(add_ids):
-            self.index.add_with_ids(np.ascontiguousarray(add_vectors, dtype=np.float32), np.ascontiguousarray(add_ids, dtype=np.int64))
-        kept = np.setdiff1d(self.ids, remove_ids, assume_unique=True)
-        self.ids = np.sort(np.concatenate([kept, np.asarray(add_ids, dtype=np.int64)]))
+            self.index.add_with_ids(np.ascontiguousarray(add_vectors, dtype=np.float32), add_ids)
+        self.ids = np.sort(np.concatenate([self.ids, add_ids]))
         self.generation = generation
 
     def configure(self, cfg: IndexConfig) -> None:

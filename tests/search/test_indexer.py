@@ -154,6 +154,26 @@ def test_a_stale_index_is_updated_not_rebuilt(store: Store, loaded_tiny, photo_d
     assert index.ids.tolist() == sorted(ids.tolist())
 
 
+def test_hnsw_keeps_a_few_stale_vectors_instead_of_rebuilding(store: Store, loaded_tiny, photo_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    store.set_index_config(IndexConfig(exact_threshold=4, approximate="hnsw"))
+    run_index(store, loaded_tiny, photo_dir)
+    gone = sorted(photo_dir.rglob("*.png"))[2]
+    gone_vector = store.lookup(str(gone.resolve())).vector_id
+    gone.unlink()
+    monkeypatch.setattr(VectorIndex, "build", classmethod(lambda *a: pytest.fail("rebuilt instead of updated")))
+    run_index(store, loaded_tiny, photo_dir)  # 1 stale of 12 is under HNSW_MAX_STALE
+    index = store.vector_index()
+    assert index.kind == "hnsw" and index.size == 12 and gone_vector in index.ids
+    hits = Searcher(store, loaded_tiny).search_vector(store.vector(gone_vector), top=11)
+    assert len(hits) == 11 and str(gone.resolve()) not in {h.path for h in hits}
+    monkeypatch.undo()
+    for path in sorted(photo_dir.rglob("*.png"))[:3]:  # now 4 of 12 are stale: rebuilt without them
+        path.unlink()
+    run_index(store, loaded_tiny, photo_dir)
+    assert store.vector_index().size == 8
+
+
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_approximate_index_above_threshold(store: Store, loaded_tiny, photo_dir: Path, kind: str) -> None:
     store.set_index_config(IndexConfig(exact_threshold=4, approximate=kind, ivf_nlist=2, ivf_nprobe=2))
