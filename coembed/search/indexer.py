@@ -203,6 +203,9 @@ def index_folder(db: str | os.PathLike, folder: str | os.PathLike, checkpoint: s
     from coembed.loading import load
     from coembed.search.store import checkpoint_identity
 
+    folder = Path(folder)
+    if not folder.is_dir():  # before loading a model or creating a store
+        raise DataError(f"{folder} is not a folder" if folder.exists() else f"folder {folder} does not exist")
     loaded = load(checkpoint)
     identity = checkpoint_identity(checkpoint, loaded.model.cfg.embed_dim)
     with Store.open(db, create=True) as store:

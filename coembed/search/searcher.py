@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from coembed.errors import ConfigError, DataError
+from coembed.errors import CheckpointError, ConfigError, DataError
 from coembed.loading import Loaded
 from coembed.search.query import parse_query, query_vector
 from coembed.search.store import FileRow, Store, checkpoint_identity
@@ -91,8 +91,13 @@ def open_searcher(db: str | os.PathLike, checkpoint: str | os.PathLike | None = 
     known = store.model()
     if known is None:
         raise DataError(f"{db} holds no images yet; run `coembed index DIR --checkpoint CKPT --db {db}`")
-    path = checkpoint if checkpoint is not None else known.path
-    loaded = load(path)
+    if checkpoint is None:
+        try:
+            loaded = load(known.path)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e} (the checkpoint recorded in {db}; pass --checkpoint if it moved)") from None
+    else:
+        loaded = load(checkpoint)
     if checkpoint is not None:
         store.bind_model(checkpoint_identity(checkpoint, loaded.model.cfg.embed_dim))  # checks, never rebinds
     return Searcher(store, loaded)

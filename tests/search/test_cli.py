@@ -83,6 +83,17 @@ def test_user_errors(argv: list[str], needles: list[str], indexed: Path, tiny_ch
     assert_user_error(run(*args), argv[0], *needles)
 
 
+def test_a_moved_checkpoint_is_named(tiny_checkpoint: Path, photo_dir: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, moved)
+    db = tmp_path / "m.db"
+    assert run("index", photo_dir, "--checkpoint", moved, "--db", db, "--no-progress").returncode == 0
+    shutil.move(moved, tmp_path / "elsewhere")
+    assert_user_error(run("search", "red", "--db", db), "search", "pass --checkpoint if it moved")
+    proc = run("search", "red", "--db", db, "--checkpoint", tmp_path / "elsewhere", "--json")
+    assert proc.returncode == 0 and len(json.loads(proc.stdout)["results"]) == 10  # same weights: accepted
+
+
 def test_search_refuses_another_checkpoint(indexed: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     import coembed
     from coembed.tokenizer import Tokenizer
