@@ -8,6 +8,7 @@ shorter side, center crop, scale to [0, 1], normalise with the CLIP mean / std.
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
@@ -25,6 +26,7 @@ __all__ = [
     "CLIP_STD",
     "ImageLoadError",
     "ImageTransform",
+    "decode_image_bytes",
     "load_image",
     "pil_batch_to_tensor",
 ]
@@ -77,11 +79,23 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = 50_000_000) -> Imag
     """
     path = os.fspath(path)
     _check_regular_file(path)
+    return _decode_guarded(path, path, max_pixels)
+
+
+def decode_image_bytes(data: bytes, *, name: str = "upload", max_pixels: int = 50_000_000) -> Image.Image:
+    """:func:`load_image` for bytes in memory (an upload); ``name`` stands for the path in errors."""
+    if not data:
+        raise ImageLoadError(name, "empty file: 0 bytes")
+    return _decode_guarded(io.BytesIO(data), name, max_pixels)
+
+
+def _decode_guarded(source, path: str, max_pixels: int) -> Image.Image:
+    """Decode ``source`` (a path or file object), turning every failure into :class:`ImageLoadError`."""
     try:
         with warnings.catch_warnings():
             # Local only: Pillow warns (not raises) between MAX_IMAGE_PIXELS and twice that.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return _decode(path, max_pixels)
+            return _decode(source, path, max_pixels)
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -115,9 +129,9 @@ def _check_regular_file(path: str) -> None:
         raise ImageLoadError(path, "empty file: 0 bytes")
 
 
-def _decode(path: str, max_pixels: int) -> Image.Image:
+def _decode(source, path: str, max_pixels: int) -> Image.Image:
     """Open lazily, check the header size, then decode frame 0 and convert to RGB."""
-    with Image.open(path) as img:
+    with Image.open(source) as img:
         width, height = img.size
         if width * height > max_pixels:
             raise ImageLoadError(

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from coembed.cli.common import add_checkpoint_args, load_checkpoint, positive_int, print_json
-from coembed.errors import ConfigError
+from coembed.cli.common import add_checkpoint_args, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,27 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from coembed.cli.tag import run as tag_run
 
-    from coembed.eval.features import embed_texts
-    from coembed.eval.zeroshot import class_embeddings
-    from coembed.transforms import load_image
-
-    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
-    if len(labels) < 2:
-        raise ConfigError(f"--labels needs at least two comma-separated labels, got {args.labels!r}")
-    model, preprocess, tokenizer = load_checkpoint(args)
-    classes = class_embeddings(lambda t: embed_texts(model, tokenizer, t), labels, args.template or ["a {}"])
-    results = []
-    for path in args.images:
-        with torch.no_grad():
-            emb = model.encode_image(preprocess(load_image(path)).unsqueeze(0), normalize=True).float()
-        probs = (model.temperature().float() * emb @ classes.T).softmax(-1)[0]
-        top = probs.topk(min(args.top, len(labels)))
-        results.append({"image": path, "labels": [{"label": labels[i], "prob": round(p, 4)} for p, i in zip(top.values.tolist(), top.indices.tolist())]})
-    if args.json:
-        print_json(results)
-    else:
-        for r in results:
-            print(f"{r['image']}: " + ", ".join(f"{x['label']} {x['prob']:.3f}" for x in r["labels"]))
-    return 0
+    return tag_run(args)  # classify is tag with a required --checkpoint

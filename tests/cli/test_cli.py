@@ -17,8 +17,9 @@ from PIL import Image
 
 import coembed
 from coembed.cli.main import main
+from tests.helpers import copy_test_images
 
-SUBCOMMANDS = [["data"], ["data", "shapes"], ["train"], ["eval"], ["embed"], ["classify"], ["demo"]]
+SUBCOMMANDS = [["data"], ["data", "shapes"], ["train"], ["eval"], ["embed"], ["classify"], ["index"], ["search"], ["tag"], ["serve"], ["demo"]]
 ENTRY_POINT = Path(sys.executable).parent / "coembed"
 
 
@@ -46,7 +47,7 @@ def test_entry_point_is_installed() -> None:
     assert ENTRY_POINT.is_file() or shutil.which("coembed")
     proc = run("--help", entry=True)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: coembed")
-    for command in ("data", "train", "eval", "embed", "classify", "demo"):
+    for command in ("data", "train", "eval", "embed", "classify", "index", "search", "tag", "serve", "demo"):
         assert command in proc.stdout
 
 
@@ -104,11 +105,7 @@ def test_eval_json_and_file(tiny_checkpoint: Path, shapes_data: Path, tmp_path: 
 @pytest.fixture
 def image_folder(shapes_data: Path, tmp_path: Path) -> Path:
     """Five test images in two sub-folders plus one corrupt file."""
-    root = tmp_path / "images"
-    for i, src in enumerate(sorted((shapes_data / "test" / "images").rglob("*.png"))[:5]):
-        dst = root / ("a" if i < 3 else "b/c") / src.name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src, dst)
+    root = copy_test_images(shapes_data, tmp_path / "images", 5, lambda i: "a" if i < 3 else "b/c")
     (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     return root
 

@@ -1,0 +1,56 @@
+"""``coembed index``: embed every image under a folder into a search store (incremental, resumable)."""
+
+from __future__ import annotations
+
+import argparse
+
+from coembed.cli.common import eprint, positive_int, print_json
+
+DEFAULT_DB = "coembed-index.db"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="index a folder of images for search",
+                       description="Embed the images under DIR into a SQLite + FAISS store. Reruns only embed new or "
+                                   "changed files; renamed and duplicate files reuse vectors; vanished files are soft-deleted.")
+    p.add_argument("folder", metavar="DIR", help="folder of images (searched recursively)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (or run folder)")
+    p.add_argument("--db", default=DEFAULT_DB, help=f"store file (default {DEFAULT_DB}); the FAISS index is written beside it")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images embedded and committed together")
+    p.add_argument("--max-pixels", type=positive_int, default=50_000_000, help="skip images larger than this (decompression bombs)")
+    p.add_argument("--exact-threshold", type=positive_int, help="largest index searched exactly (default 100000)")
+    p.add_argument("--approximate", choices=("hnsw", "ivf"), help="index type above the threshold (default hnsw)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from coembed.search.indexer import IndexerConfig, index_folder
+
+    cfg = IndexerConfig(batch_size=args.batch_size, max_pixels=args.max_pixels, progress=not args.no_progress)
+    _apply_index_config(args)
+    report = index_folder(args.db, args.folder, args.checkpoint, cfg)
+    if args.json:
+        print_json({"db": str(args.db), **report.to_dict()})
+    else:
+        eprint(f"indexed {report.root} into {args.db}: {report.found} images found, {report.embedded} embedded, "
+               f"{report.reused} reused by content, {report.unchanged} unchanged, {report.deleted} removed "
+               f"({report.images_per_second:.1f} images/s)")
+    if report.skipped.total:
+        eprint(report.skipped.summary(max_examples=20))
+    return 0
+
+
+def _apply_index_config(args: argparse.Namespace) -> None:
+    """Store --exact-threshold / --approximate in the store's settings before indexing."""
+    if args.exact_threshold is None and args.approximate is None:
+        return
+    from dataclasses import replace
+
+    from coembed.search.store import Store
+
+    with Store.open(args.db, create=True) as store:
+        cfg = store.index_config()
+        changes = {k: v for k, v in (("exact_threshold", args.exact_threshold), ("approximate", args.approximate)) if v is not None}
+        store.set_index_config(replace(cfg, **changes))
