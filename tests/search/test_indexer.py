@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +15,9 @@ from coembed.search.searcher import Searcher
 from coembed.search.store import ModelIdentity, Store
 from coembed.search.vectors import IndexConfig, VectorIndex
 from coembed.transforms import load_image
+from tests.helpers import png_header
 
 QUIET = IndexerConfig(batch_size=4, progress=False)
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A small PNG whose header claims ``width x height`` pixels (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(100))) + chunk(b"IEND", b"")
 
 
 def run_index(store: Store, loaded, folder: Path, cfg: IndexerConfig = QUIET):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from coembed.search.searcher import open_searcher
 from coembed.serve.app import ServeConfig, create_app
-from tests.search.test_indexer import png_header
+from tests.helpers import png_header
 
 
 @pytest.fixture(scope="module")
