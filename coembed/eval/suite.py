@@ -65,22 +65,23 @@ def zeroshot_task(loaded: Loaded, feats: SplitFeatures, attribute: str, classnam
     return {**zeroshot_metrics(logits, torch.tensor(labels)), "n": len(rows)}
 
 
-def _probe_features(loaded: Loaded, root: Path, attribute: str, classnames: list[str], limit: int) -> tuple[torch.Tensor, list[int]]:
+def _probe_features(loaded: Loaded, root: Path, meta: dict, limit: int) -> tuple[torch.Tensor, list[Sample]]:
+    """Features of the split's first ``limit`` single-object images (the rows both probes use), embedded once."""
     samples, _ = read_samples(root)
-    rows, labels = single_object_labels(samples, attribute, classnames)
-    rows, labels = rows[:limit], labels[:limit]
+    rows, _ = single_object_labels(samples, "shape", meta["shapes"])
+    rows = rows[:limit]
     emb, kept, _ = embed_images(loaded.model, root, [samples[r].image for r in rows], loaded.preprocess)
-    return emb, [labels[k] for k in kept]
+    return emb, [samples[rows[k]] for k in kept]
 
 
 def linear_probe_task(loaded: Loaded, data: Path, feats: SplitFeatures, meta: dict) -> dict | None:
     roots = {s: split_root(data, s, required=False) for s in ("train", "val")}
     if roots["train"] is None or roots["val"] is None or not meta:
         return None
+    (train_x, train_s), (val_x, val_s) = (_probe_features(loaded, roots[s], meta, PROBE_MAX_TRAIN) for s in ("train", "val"))
     result = {}
     for attribute, names in (("shape", meta["shapes"]), ("color", meta["colors"])):
-        train_x, train_y = _probe_features(loaded, roots["train"], attribute, names, PROBE_MAX_TRAIN)
-        val_x, val_y = _probe_features(loaded, roots["val"], attribute, names, PROBE_MAX_TRAIN)
+        train_y, val_y = (single_object_labels(s, attribute, names)[1] for s in (train_s, val_s))
         rows, test_y = single_object_labels(feats.samples, attribute, names)
         if min(len(train_y), len(val_y), len(test_y)) == 0:
             return None

@@ -41,4 +41,6 @@ class ConvStem(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.layers(images)
+        # channels_last: oneDNN's convolution, BatchNorm and max-pool kernels run in NHWC, so NCHW
+        # input would be converted around every layer (the stem's step ran ~1.2-1.3x slower that way).
+        return self.layers(images.contiguous(memory_format=torch.channels_last))

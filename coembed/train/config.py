@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from coembed.errors import ConfigError
+from coembed.layers.kernels import ATTENTION_KERNELS
 
 LOSSES = ("clip", "siglip", "triplet")
 PRECISIONS = ("fp32", "bf16")
@@ -36,6 +37,9 @@ class TrainConfig:
     eps: float = 1e-6
     grad_clip: float | None = 1.0
     precision: str = "bf16"
+    # SDPA kernel of training steps: "auto" = the matmul kernel on CPU in bf16 (faster backward for
+    # short sequences, see coembed/layers/kernels.py), PyTorch's fused choice otherwise; "math"; "fused".
+    attention_kernel: str = "auto"
     workers: int = 1  # DataLoader processes; unused with cache_images
     cache_images: bool = False  # decode training images once into RAM (uint8) and batch in-process
     seed: int = 0
@@ -51,6 +55,8 @@ class TrainConfig:
         checks = [
             (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
+            (self.attention_kernel in ATTENTION_KERNELS,
+             f"attention_kernel must be one of {ATTENTION_KERNELS}, got {self.attention_kernel!r}"),
             (not self.hard_negatives or self.loss == "clip", f"hard_negatives needs loss 'clip', got {self.loss!r}"),
             (self.batch_size >= 2, f"batch_size must be >= 2 (contrastive losses need negatives), got {self.batch_size}"),
             (self.epochs > 0, f"epochs must be positive, got {self.epochs}"),
@@ -98,7 +104,7 @@ class TrainConfig:
         return asdict(self)
 
 
-_STR_FIELDS = ("data", "out", "preset", "loss", "precision")
+_STR_FIELDS = ("data", "out", "preset", "loss", "precision", "attention_kernel")
 _INT_FIELDS = ("batch_size", "max_steps", "captions_per_image", "warmup_steps", "workers", "seed", "vocab_size", "log_every", "val_every",
                "save_every", "val_samples")
 _FLOAT_FIELDS = ("epochs", "lr", "weight_decay", "eps", "grad_clip")

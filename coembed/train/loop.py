@@ -335,7 +335,8 @@ def _train_batch(run: _Run, cfg: TrainConfig, out: Path, batch, step: int) -> tu
     texts, negatives = _text_inputs(run, batch)
     try:
         result = train_step(run.model, run.optimizer, batch.images, texts, loss_name=cfg.loss, bf16=cfg.precision == "bf16",
-                            grad_clip=cfg.grad_clip, step=step, negative_tokens=negatives, pooled_text=run.text_cache is not None)
+                            grad_clip=cfg.grad_clip, step=step, negative_tokens=negatives, pooled_text=run.text_cache is not None,
+                            attention=cfg.attention_kernel)
     except TrainingDiverged as e:
         kept = out / CHECKPOINT_DIR
         where = f"the last good checkpoint {kept} (step {_saved_step(kept)}) is kept" if kept.exists() else "no checkpoint had been written yet"

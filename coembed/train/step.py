@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from coembed.errors import TrainingDiverged
+from coembed.layers.kernels import attention_kernel
 from coembed.losses.contrastive import clip_loss, negclip_loss, siglip_loss, triplet_loss
 from coembed.models.dual_encoder import MAX_LOGIT_SCALE, DualEncoder, DualEncoderOutput
 
@@ -51,24 +52,27 @@ def train_step(
     step: int,
     negative_tokens: torch.Tensor | None = None,
     pooled_text: bool = False,
+    attention: str = "auto",
 ) -> StepResult:
     """Run one update; a non-finite loss or gradient raises before the weights change.
 
     ``negative_tokens`` are hard-negative captions added to every image's softmax (NegCLIP). With
     ``pooled_text``, ``tokens`` and ``negative_tokens`` are a frozen tower's cached pooled features
-    (B, hidden) instead of token ids, and only the projection runs on the text side.
+    (B, hidden) instead of token ids, and only the projection runs on the text side. ``attention``
+    picks the SDPA kernel (:func:`coembed.layers.kernels.attention_kernel`).
     """
     model.train()
     encode_text = model.project_text if pooled_text else model.encode_text
-    with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = DualEncoderOutput(image_emb=model.encode_image(images, normalize=True), text_emb=encode_text(tokens, normalize=True),
-                                logit_scale=model.temperature(), logit_bias=model.logit_bias)
-        negatives = encode_text(negative_tokens, normalize=True) if negative_tokens is not None else None
-    loss = contrastive_loss(loss_name, out) if negatives is None else contrastive_loss(loss_name, out, negatives)
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(f"loss became {loss.item()} at step {step}")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    with attention_kernel(attention, images.device, bf16=bf16):
+        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = DualEncoderOutput(image_emb=model.encode_image(images, normalize=True), text_emb=encode_text(tokens, normalize=True),
+                                    logit_scale=model.temperature(), logit_bias=model.logit_bias)
+            negatives = encode_text(negative_tokens, normalize=True) if negative_tokens is not None else None
+        loss = contrastive_loss(loss_name, out) if negatives is None else contrastive_loss(loss_name, out, negatives)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
     if not torch.isfinite(norm):
         raise TrainingDiverged(f"gradient norm became {norm.item()} at step {step}")

@@ -109,6 +109,7 @@ def test_unknown_key_from_file_is_named(tmp_path: Path) -> None:
         ("batch_size=1", "batch_size", "1"),
         ("loss=foo", "loss", "foo"),
         ("precision=fp16", "precision", "fp16"),
+        ("attention_kernel=flash", "attention_kernel", "flash"),
         ("batch_size=abc", "batch_size", "abc"),
         ("batch_size=2.5", "batch_size", "2.5"),
         ("lr=-1", "lr", "-1"),
