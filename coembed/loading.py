@@ -19,6 +19,8 @@ from coembed.checkpoint import CHECKPOINT_DIR, CONFIG_FILE, TOKENIZER_FILE, chec
 from coembed.errors import CheckpointError
 from coembed.interop.hf_tokenizer import HFTokenizer
 from coembed.models.dual_encoder import DualEncoder, DualEncoderConfig
+from coembed.models.families import FAMILIES
+from coembed.models.families import build_model as build_family_model
 from coembed.tokenizer import Tokenizer
 from coembed.tokenizer_clip import ClipTokenizer
 from coembed.transforms import ImageTransform
@@ -67,10 +69,10 @@ def model_from_config(model_cfg: dict[str, Any]) -> DualEncoder:
         raise CheckpointError(f"model config must be a JSON object, got {type(model_cfg).__name__}")
     data = dict(model_cfg)
     family = data.pop("family", "dual_encoder")
-    if family != "dual_encoder":
-        raise CheckpointError(f"unsupported model family {family!r}")
+    if family not in FAMILIES:
+        raise CheckpointError(f"unsupported model family {family!r}; known: {', '.join(sorted(FAMILIES))}")
     try:
-        return DualEncoder(DualEncoderConfig(**data))
+        return build_family_model(family, data)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"invalid model config: {e}") from None
 

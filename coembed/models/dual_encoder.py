@@ -95,6 +95,8 @@ class DualEncoder(TextTower):
         cfg: model configuration.
     """
 
+    config_class = DualEncoderConfig
+
     def __init__(self, cfg: DualEncoderConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -1,0 +1,33 @@
+"""The model families a checkpoint's ``config.json`` can name (``model.family``), and their classes.
+
+Each entry is ``"module:Class"``, imported on first use; the class carries its typed config class as
+``config_class`` and is built as ``Class(config_class(**fields))``. A family with a training
+objective other than the dual encoder's contrastive step names it in :data:`OBJECTIVES`
+(``"module"`` exposing ``compute_losses``, see :mod:`coembed.objectives`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from torch import nn
+
+FAMILIES: dict[str, str] = {
+    "dual_encoder": "coembed.models.dual_encoder:DualEncoder",
+}
+OBJECTIVES: dict[str, str] = {}
+
+
+def model_class(family: str) -> type[nn.Module]:
+    """The class of ``family``; ValueError naming the known families otherwise."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}")
+    module, _, name = FAMILIES[family].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_model(family: str, fields: dict[str, Any]) -> nn.Module:
+    """An untrained model of ``family`` from its config fields (as ``cfg.to_dict()`` wrote them, minus ``family``)."""
+    cls = model_class(family)
+    return cls(cls.config_class(**fields))
