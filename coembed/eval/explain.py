@@ -21,7 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -281,3 +283,33 @@ def explain(model: nn.Module, image: torch.Tensor, tokens: torch.Tensor, *, pad_
     if tokens.ndim != 2 or tokens.shape[0] != 1:
         raise ValueError(f"tokens must be (1, T) for one text, got {tuple(tokens.shape)}")
     return explain_texts(model, image, tokens, pad_id=pad_id, cfg=cfg)[0]
+
+
+def context_length(model: nn.Module, default: int = 77) -> int:
+    """The text tower's context length (dual encoder ``text_cfg``, else ``cfg.text``), or ``default``."""
+    for text_cfg in (getattr(model, "text_cfg", None), getattr(getattr(model, "cfg", None), "text", None)):
+        if getattr(text_cfg, "context_length", None):
+            return int(text_cfg.context_length)
+    return default
+
+
+def explain_image(model: nn.Module, preprocess: Any, tokenizer: Any, image: Any, text: str,
+                  cfg: ExplainConfig | None = None) -> tuple[Explanation, np.ndarray]:
+    """Explain ``text`` on a PIL ``image``: the heat map and the ``(H, W, 3)`` uint8 pixels it lies on.
+
+    Args:
+        model: a loaded model (:func:`coembed.load`).
+        preprocess: its :class:`~coembed.transforms.ImageTransform`.
+        tokenizer: its tokenizer (``__call__(texts, context_length)`` and ``pad_id``).
+        image: a PIL image, resized and cropped by ``preprocess`` first.
+        text: the non-empty text to locate.
+        cfg: method and settings.
+    """
+    if not text.strip():
+        raise ValueError("text is empty")
+    device = next(model.parameters()).device
+    pixels = preprocess.pixels(image)  # (H, W, 3) uint8
+    tensor = preprocess.normalize(torch.from_numpy(pixels)).to(device)  # (3, H, W)
+    tokens = tokenizer([text], context_length=context_length(model)).to(device)  # (1, T)
+    out = explain(model, tensor, tokens, pad_id=int(tokenizer.pad_id), cfg=cfg)
+    return Explanation(method=out.method, heatmap=out.heatmap.float().cpu(), peak=out.peak, score=out.score), pixels
