@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("text", metavar="TEXT", help="the text to locate, e.g. \"the large red circle\"")
     p.add_argument("--out", help="PNG to write (default: IMAGE's name with .explain.png, in the current folder)")
     p.add_argument("--method", choices=("gradcam", "occlusion"), help="force a method (default: by model)")
-    p.add_argument("--window", type=positive_int, help="occlusion window in pixels (default: the ViT patch size)")
+    p.add_argument("--window", type=positive_int, help="occlusion window in pixels (default: a quarter of the image side)")
     p.add_argument("--stride", type=positive_int, help="occlusion stride in pixels (default: half the window)")
     p.add_argument("--layer", type=int, help="Grad-CAM fusion layer index (default: the middle one, as ALBEF)")
     p.add_argument("--json", action="store_true")

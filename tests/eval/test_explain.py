@@ -49,23 +49,23 @@ def naive_occlusion(model: nn.Module, image: torch.Tensor, tokens: torch.Tensor,
     H, W = image.shape[1:]
     total = [[0.0] * W for _ in range(H)]
     count = [[0] * W for _ in range(H)]
-    tops = list(range(0, H - window + 1, stride))
-    tops += [H - window] if tops[-1] != H - window else []
-    lefts = list(range(0, W - window + 1, stride))
-    lefts += [W - window] if lefts[-1] != W - window else []
-    for top in tops:
-        for left in lefts:
+    top = stride - window  # windows hang over the edges by window - stride
+    while top < H:
+        left = stride - window
+        while left < W:
             occluded = image.clone()
-            occluded[:, top:top + window, left:left + window] = 0.0
+            occluded[:, max(0, top):top + window, max(0, left):left + window] = 0.0
             drop = base - cos(occluded)
-            for y in range(top, top + window):
-                for x in range(left, left + window):
+            for y in range(max(0, top), min(H, top + window)):
+                for x in range(max(0, left), min(W, left + window)):
                     total[y][x] += drop
                     count[y][x] += 1
+            left += stride
+        top += stride
     return torch.tensor([[total[y][x] / count[y][x] for x in range(W)] for y in range(H)])
 
 
-@pytest.mark.parametrize("window,stride,batch", [(4, 2, 7), (5, 3, 100), (4, 4, 1)])
+@pytest.mark.parametrize("window,stride,batch", [(4, 2, 7), (5, 3, 100), (4, 4, 1), (16, 6, 64)])
 def test_occlusion_matches_one_image_at_a_time(window: int, stride: int, batch: int) -> None:
     model = tiny_dual_encoder()
     torch.manual_seed(1)
@@ -91,14 +91,18 @@ def test_several_texts_equal_one_at_a_time() -> None:
     assert not torch.allclose(both[0].heatmap, both[1].heatmap)
 
 
-def test_window_starts_cover_the_edge() -> None:
+def test_windows_cover_every_pixel_equally_often() -> None:
     assert window_starts(16, 4, 4) == [0, 4, 8, 12]
-    assert window_starts(16, 5, 3) == [0, 3, 6, 9, 11]
-    assert window_starts(8, 8, 3) == [0]
+    assert window_starts(16, 4, 2) == [-2, 0, 2, 4, 6, 8, 10, 12, 14]
+    assert window_starts(16, 5, 3) == [-2, 1, 4, 7, 10, 13]
     with pytest.raises(ValueError, match="window"):
         window_starts(8, 9, 1)
-    masks = occlusion_masks(16, 12, 5, 3)
-    assert masks.shape == (5 * 4, 16, 12) and masks.sum((1, 2)).eq(25).all() and masks.any(0).all()
+    with pytest.raises(ValueError, match="stride"):
+        window_starts(16, 4, 5)
+    masks = occlusion_masks(16, 12, 4, 2)
+    assert masks.shape == (9 * 7, 16, 12)
+    assert masks.sum(0).eq(4).all()  # (4 / 2) ** 2 windows over every pixel, the border included
+    assert masks.sum((1, 2)).max() == 16 and masks.sum((1, 2)).min() == 4  # clipped corner windows
 
 
 class RegionModel(nn.Module):
