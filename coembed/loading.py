@@ -131,7 +131,9 @@ def _override_quick_gelu(model_cfg: dict[str, Any], quick_gelu: bool, source: Pa
     if stored != quick_gelu:
         warnings.warn(f"{source}: the model was saved with quick_gelu={stored}, but quick_gelu={quick_gelu} was given; "
                       f"using {quick_gelu}", stacklevel=3)
-    return {**model_cfg, "quick_gelu": quick_gelu, "act": "quick_gelu" if quick_gelu else "gelu"}
+    act = model_cfg.get("act", "gelu")
+    act = "quick_gelu" if quick_gelu else (act if act != "quick_gelu" else "gelu")  # False keeps e.g. gelu_tanh
+    return {**{k: v for k, v in model_cfg.items() if k != "quick_gelu"}, "act": act}
 
 
 def _read_tokenizer(folder: Path, spec: dict[str, Any]) -> AnyTokenizer | None:
