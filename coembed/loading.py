@@ -83,8 +83,10 @@ def checkpoint_config(model: DualEncoder, preprocess: ImageTransform, **extra: A
     return {"model": model.cfg.to_dict(), "preprocess": pre, **extra}
 
 
-def default_preprocess(model: DualEncoder) -> ImageTransform:
-    return ImageTransform(image_size=model.cfg.vision.image_size)
+def default_preprocess(model: torch.nn.Module) -> ImageTransform:
+    """The model's input transform: its image size (``cfg.vision.image_size``, or ``cfg.image_size``) and CLIP's mean/std."""
+    holder = getattr(model.cfg, "vision", model.cfg)
+    return ImageTransform(image_size=holder.image_size)
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, quick_gelu: bool | None = None) -> Loaded:
@@ -129,7 +131,9 @@ def _override_quick_gelu(model_cfg: dict[str, Any], quick_gelu: bool, source: Pa
     if stored != quick_gelu:
         warnings.warn(f"{source}: the model was saved with quick_gelu={stored}, but quick_gelu={quick_gelu} was given; "
                       f"using {quick_gelu}", stacklevel=3)
-    return {**model_cfg, "quick_gelu": quick_gelu, "act": "quick_gelu" if quick_gelu else "gelu"}
+    act = model_cfg.get("act", "gelu")
+    act = "quick_gelu" if quick_gelu else (act if act != "quick_gelu" else "gelu")  # False keeps e.g. gelu_tanh
+    return {**{k: v for k, v in model_cfg.items() if k != "quick_gelu"}, "act": act}
 
 
 def _read_tokenizer(folder: Path, spec: dict[str, Any]) -> AnyTokenizer | None:

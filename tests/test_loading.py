@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,18 @@ def test_garbage_weights(saved: tuple[Path, DualEncoder]) -> None:
 def test_load_nonexistent(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         coembed.load(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize(("stored", "given", "expected"), [
+    ({"act": "gelu"}, True, "quick_gelu"),
+    ({"act": "quick_gelu"}, False, "gelu"),
+    ({"act": "gelu_tanh"}, False, "gelu_tanh"),  # "not QuickGELU" leaves another activation alone
+    ({"quick_gelu": True}, True, "quick_gelu"),  # a config from before `act`
+])
+def test_quick_gelu_override_of_a_coembed_config(stored: dict, given: bool, expected: str, tmp_path: Path) -> None:
+    from coembed.loading import _override_quick_gelu
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = _override_quick_gelu({"embed_dim": 8, **stored}, given, tmp_path / "config.json")
+    assert out["act"] == expected and "quick_gelu" not in out

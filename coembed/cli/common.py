@@ -47,10 +47,15 @@ CHECKPOINT_HELP = ("coembed checkpoint or run folder, OpenCLIP/OpenAI state dict
 
 def add_checkpoint_args(parser, *, flag: str = "--checkpoint") -> None:
     """``--checkpoint PATH`` (any supported format) and ``--quick-gelu`` / ``--no-quick-gelu``."""
-    import argparse
-
     if flag.startswith("-"):
         parser.add_argument(flag, required=True, help=CHECKPOINT_HELP)
+    add_quick_gelu_arg(parser)
+
+
+def add_quick_gelu_arg(parser) -> None:
+    """``--quick-gelu`` / ``--no-quick-gelu`` (default: what the checkpoint says)."""
+    import argparse
+
     parser.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
                         help="the model uses QuickGELU (OpenAI weights) or not; only needed when the checkpoint does not say")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from coembed.cli.common import eprint, positive_int, print_json
+from coembed.cli.common import add_checkpoint_args, eprint, positive_int, print_json
 
 DEFAULT_DB = "coembed-index.db"
 
@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Embed the images under DIR into a SQLite + FAISS store. Reruns only embed new or "
                                    "changed files; renamed and duplicate files reuse vectors; vanished files are soft-deleted.")
     p.add_argument("folder", metavar="DIR", help="folder of images (searched recursively)")
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder (or run folder)")
+    add_checkpoint_args(p)
     p.add_argument("--db", default=DEFAULT_DB, help=f"store file (default {DEFAULT_DB}); the FAISS index is written beside it")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images embedded and committed together")
     p.add_argument("--max-pixels", type=positive_int, default=50_000_000, help="skip images larger than this (decompression bombs)")
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = IndexerConfig(batch_size=args.batch_size, max_pixels=args.max_pixels, progress=not args.no_progress)
     _apply_index_config(args)
-    report = index_folder(args.db, args.folder, args.checkpoint, cfg)
+    report = index_folder(args.db, args.folder, args.checkpoint, cfg, quick_gelu=args.quick_gelu)
     if args.json:
         print_json({"db": str(args.db), **report.to_dict()})
     else:

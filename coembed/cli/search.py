@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from coembed.cli.common import positive_int, print_json
+from coembed.cli.common import add_quick_gelu_arg, positive_int, print_json
 from coembed.cli.index import DEFAULT_DB
 
 
@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queries", metavar="FILE", help="run each line of FILE as a separate query")
     p.add_argument("--top", type=positive_int, default=10, help="results per query (default 10)")
     p.add_argument("--checkpoint", help="checkpoint to embed queries with (default: the one recorded in the index)")
+    add_quick_gelu_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     queries = _queries(args)
     images = [load_image(p) for p in args.image]
-    searcher = open_searcher(args.db, args.checkpoint)
+    searcher = open_searcher(args.db, args.checkpoint, quick_gelu=args.quick_gelu)
     results = []
     for text, terms in queries:
         hits = searcher.search_vector(query_vector(searcher.loaded, terms, images), args.top)

@@ -10,7 +10,7 @@ OpenCLIP's ``CustomTextCLIP`` with an ``HFTextEncoder``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,15 +33,17 @@ class DualEncoderConfig:
     vision: VisionConfig | ResNetConfig = field(default_factory=VisionConfig)
     # The CLIP text transformer, or (``{"tower": "hf", ...}``) a Hugging Face encoder folder.
     text: TextConfig | HFTextConfig = field(default_factory=TextConfig)
-    quick_gelu: bool = False
-    # Transformer activation of both towers; "quick_gelu" and quick_gelu=True are the same setting.
+    # Transformer activation of both towers: "gelu", "quick_gelu" (OpenAI's weights) or "gelu_tanh" (SigLIP).
     act: str = "gelu"
+    # Input alias kept for configs written before ``act`` existed: quick_gelu=True means act="quick_gelu".
+    # Not a field: the config holds the activation once, in ``act``.
+    quick_gelu: InitVar[bool | None] = None
     # log of the initial logit multiplier: CLIP uses 1/0.07, SigLIP uses 10.
     init_logit_scale: float = math.log(1 / 0.07)
     # SigLIP's learned bias (-10 in the paper); None for the softmax (CLIP/ALIGN) loss.
     init_logit_bias: float | None = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, quick_gelu: bool | None) -> None:
         if isinstance(self.vision, dict):
             kind = self.vision.get("tower", "vit")
             self.vision = ResNetConfig(**self.vision) if kind == "resnet" else VisionConfig(**self.vision)
@@ -51,11 +53,10 @@ class DualEncoderConfig:
             raise ValueError(f"embed_dim must be positive, got {self.embed_dim}")
         if self.act not in ACTIVATIONS:
             raise ValueError(f"act must be one of {ACTIVATIONS}, got {self.act!r}")
-        if self.quick_gelu and self.act not in ("gelu", "quick_gelu"):
+        if quick_gelu and self.act not in ("gelu", "quick_gelu"):
             raise ValueError(f"quick_gelu=True contradicts act={self.act!r}")
-        if self.quick_gelu:
+        if quick_gelu:
             self.act = "quick_gelu"
-        self.quick_gelu = self.act == "quick_gelu"
         if isinstance(self.vision, VisionConfig) and not self.vision.proj and self.vision.width != self.embed_dim:
             raise ValueError(f"vision.proj=False needs embed_dim == vision.width ({self.vision.width}), got {self.embed_dim}")
 

@@ -193,7 +193,8 @@ def _with(update: FileUpdate, **changes) -> FileUpdate:
 
 
 def index_folder(db: str | os.PathLike, folder: str | os.PathLike, checkpoint: str | os.PathLike,
-                 cfg: IndexerConfig | None = None, on_commit: Callable[[int], None] | None = None) -> IndexReport:
+                 cfg: IndexerConfig | None = None, on_commit: Callable[[int], None] | None = None, *,
+                 quick_gelu: bool | None = None) -> IndexReport:
     """Open (or create) the store at ``db``, bind it to ``checkpoint`` and index ``folder``.
 
     Raises:
@@ -206,7 +207,7 @@ def index_folder(db: str | os.PathLike, folder: str | os.PathLike, checkpoint: s
     folder = Path(folder)
     if not folder.is_dir():  # before loading a model or creating a store
         raise DataError(f"{folder} is not a folder" if folder.exists() else f"folder {folder} does not exist")
-    loaded = load(checkpoint)
+    loaded = load(checkpoint, quick_gelu=quick_gelu)
     identity = checkpoint_identity(checkpoint, loaded.model.cfg.embed_dim)
     with Store.open(db, create=True) as store:
         store.bind_model(identity)

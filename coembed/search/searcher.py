@@ -78,8 +78,9 @@ def _hit(row: FileRow, score: float) -> Hit:
     return Hit(row.id, row.path, round(score, 6), row.width, row.height)
 
 
-def open_searcher(db: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> Searcher:
-    """Open the store at ``db`` with the checkpoint recorded in it, or ``checkpoint`` if given.
+def open_searcher(db: str | os.PathLike, checkpoint: str | os.PathLike | None = None, *, quick_gelu: bool | None = None) -> Searcher:
+    """Open the store at ``db`` with the checkpoint recorded in it, or ``checkpoint`` if given
+    (``quick_gelu`` as for :func:`coembed.load`: give the value the store was indexed with).
 
     Raises:
         DataError: no store, or it records no checkpoint and none is given.
@@ -93,11 +94,11 @@ def open_searcher(db: str | os.PathLike, checkpoint: str | os.PathLike | None = 
         raise DataError(f"{db} holds no images yet; run `coembed index DIR --checkpoint CKPT --db {db}`")
     if checkpoint is None:
         try:
-            loaded = load(known.path)
+            loaded = load(known.path, quick_gelu=quick_gelu)
         except CheckpointError as e:
             raise CheckpointError(f"{e} (the checkpoint recorded in {db}; pass --checkpoint if it moved)") from None
     else:
-        loaded = load(checkpoint)
+        loaded = load(checkpoint, quick_gelu=quick_gelu)
     if checkpoint is not None:
         store.bind_model(checkpoint_identity(checkpoint, loaded.model.cfg.embed_dim))  # checks, never rebinds
     return Searcher(store, loaded)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coembed.errors import ConfigError, DataError
+from coembed.errors import CheckpointError, ConfigError, DataError
 from coembed.search.vectors import IndexConfig, VectorIndex
 
 SCHEMA_VERSION = 1
@@ -106,11 +106,31 @@ class ModelIdentity:
 
 
 def checkpoint_identity(path: str | os.PathLike, embed_dim: int) -> ModelIdentity:
-    """Identify a checkpoint folder by the hash of its weights (a moved folder keeps its identity)."""
-    from coembed.checkpoint import MODEL_FILE, resolve
+    """Identify a checkpoint by the hash of its weights (a moved checkpoint keeps its identity): a
+    coembed folder, an OpenCLIP / OpenAI state-dict file or folder, or a Hugging Face folder."""
+    weights = weights_file(path)
+    where = weights if Path(path).is_file() else weights.parent
+    return ModelIdentity(str(where.resolve()), file_sha256(weights), embed_dim)
 
-    folder = resolve(path)
-    return ModelIdentity(str(folder.resolve()), file_sha256(folder / MODEL_FILE), embed_dim)
+
+def weights_file(path: str | os.PathLike) -> Path:
+    """The file holding a checkpoint's weights, for any format :func:`coembed.load` reads."""
+    from coembed.checkpoint import MODEL_FILE, resolve
+    from coembed.interop.hf import WEIGHTS as HF_WEIGHTS
+    from coembed.interop.openclip import WEIGHT_FILES
+    from coembed.loading import detect_format
+
+    path = Path(path)
+    if path.is_file():
+        return path
+    fmt = detect_format(path)
+    if fmt == "coembed":
+        return resolve(path) / MODEL_FILE
+    candidates = [path / HF_WEIGHTS] if fmt == "hf" else [path / name for name in WEIGHT_FILES]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(f"{path}: no weights file found (looked for {', '.join(c.name for c in candidates)})")
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

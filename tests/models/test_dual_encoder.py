@@ -225,3 +225,12 @@ def test_vit_b_32_key_set_equals_openai_clip() -> None:
     assert expected["transformer.resblocks.0.attn.in_proj_weight"] == (1536, 512)
     assert got == expected
     assert sum(p.numel() for p in model.parameters()) == 151_277_313  # OpenAI ViT-B/32
+
+
+def test_activation_is_held_once_and_quick_gelu_is_an_input_alias() -> None:
+    # Configs written before `act` existed say quick_gelu=true; they still load, as act="quick_gelu".
+    assert DualEncoderConfig(quick_gelu=True).act == "quick_gelu"
+    assert DualEncoderConfig(quick_gelu=False, act="gelu_tanh").act == "gelu_tanh"
+    assert "quick_gelu" not in DualEncoderConfig(act="quick_gelu").to_dict()
+    with pytest.raises(ValueError, match="quick_gelu=True contradicts act='gelu_tanh'"):
+        DualEncoderConfig(quick_gelu=True, act="gelu_tanh")
