@@ -452,7 +452,8 @@ def plot_explanation(pixels: Any, heatmap: Any, title: str, out_png: str | os.Pa
     if pixels.ndim != 3 or pixels.shape[2] != 3 or heat.shape != pixels.shape[:2]:
         raise ValueError(f"plot_explanation: pixels must be (H, W, 3) and heatmap (H, W) on the same grid, "
                          f"got {pixels.shape} and {heat.shape}")
-    fig = _new_figure(6.4, 3.6, dpi=150)
+    fig = _new_figure(6.4, 3.4, dpi=150)
+    fig.set_layout_engine("constrained")
     extent = (0, pixels.shape[1], pixels.shape[0], 0)  # pixel i spans [i, i + 1), as Explanation.peak
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     left.imshow(pixels, extent=extent, interpolation="nearest")
