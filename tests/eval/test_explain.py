@@ -192,12 +192,13 @@ def test_fake_fusion_attention_is_attention_cross() -> None:
     torch.testing.assert_close(model.attend(query, context)[0], model.cross.cross(query, context), atol=1e-6, rtol=1e-5)
 
 
-def naive_gradcam(model: FakeFusion, images: torch.Tensor, tokens: torch.Tensor, pad: int) -> torch.Tensor:
+def naive_gradcam(model: nn.Module, images: torch.Tensor, tokens: torch.Tensor, pad: int, layer: int = 0) -> torch.Tensor:
     """Per pair, per head, per text token, per image token: the product of the attention entry and the
     positive part of d logit / d entry, summed in loops and averaged over heads and non-padding tokens."""
     out = []
     for b in range(images.shape[0]):
-        logits, (attn,) = model.itm_logits(images[b:b + 1], tokens[b:b + 1], return_cross_attention=True)
+        logits, attns = model.itm_logits(images[b:b + 1], tokens[b:b + 1], return_cross_attention=True)
+        attn = attns[layer]
         (grad,) = torch.autograd.grad(logits[0, 1], attn)
         attn = attn.detach()
         valid = [t for t in range(tokens.shape[1]) if int(tokens[b, t]) != pad]
@@ -306,3 +307,22 @@ def test_peak_is_the_centre_of_the_maximal_plateau() -> None:
     heat = torch.zeros(8, 8)
     heat[2:4, 5:8] = 1.0
     assert peak_location(heat) == (6.5, 3.0)  # columns 5-7 span [5, 8), rows 2-3 span [2, 4)
+
+
+def test_gradcam_on_the_albef_model_matches_autograd_by_hand() -> None:
+    """The real fusion model (``coembed.models.fusion``, trailing padding trimmed inside the model)."""
+    fusion = pytest.importorskip("coembed.models.fusion")
+    torch.manual_seed(0)
+    cfg = fusion.FusionConfig(embed_dim=16, vision=VisionConfig(image_size=16, patch_size=4, width=32, layers=1, heads=2),
+                              text=fusion.FusionTextConfig(vocab_size=64, context_length=12, width=32, heads=2, layers=1,
+                                                           fusion_layers=2), queue_size=8)
+    model = fusion.FusionModel(cfg).eval()
+    images = torch.randn(2, 3, 16, 16)
+    tokens = torch.tensor([[1, 9, 17, 33, 2, 0, 0], [1, 40, 2, 0, 0, 0, 0]])
+    for layer in (0, 1):
+        got, _ = gradcam_maps(model, images, tokens, tokens != cfg.text.pad_id, layer=layer)
+        want = naive_gradcam(model, images, tokens, cfg.text.pad_id, layer=layer)
+        assert got.shape == (2, 4, 4) and got.abs().max() > 0
+        torch.testing.assert_close(got, want, atol=1e-7, rtol=1e-4)
+    out = explain(model, images[0], tokens[:1], pad_id=cfg.text.pad_id)
+    assert out.method == "gradcam" and out.heatmap.shape == (16, 16)
