@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["RetrievalRow", "plot_retrieval_grid", "plot_training_curves", "plot_zeroshot_confusion"]
+__all__ = ["RetrievalRow", "plot_explanation", "plot_retrieval_grid", "plot_training_curves", "plot_zeroshot_confusion"]
 
 _CORRECT = "#2ca02c"
 _WRONG = "#d62728"
@@ -431,3 +431,39 @@ def _annotate_counts(ax: Axes, counts: np.ndarray) -> None:
             continue  # blank zero cells make the off-diagonal mistakes stand out
         ax.text(j, i, f"{v:g}", ha="center", va="center", fontsize=fontsize,
                 color="white" if v > threshold else "black")
+
+
+# --------------------------------------------------------------------------- explanation heat map
+
+
+def plot_explanation(pixels: Any, heatmap: Any, title: str, out_png: str | os.PathLike, *,
+                     peak: tuple[float, float] | None = None, subtitle: str = "") -> Path:
+    """The image, the image with the heat map overlaid (and its peak marked), and the text as title.
+
+    Args:
+        pixels: ``(H, W, 3)`` uint8 RGB pixels, the image as the model saw it.
+        heatmap: ``(H, W)`` map on the same grid (any scale; shown min to max).
+        title: the text that was explained.
+        out_png: where to write the PNG.
+        peak: ``(x, y)`` in continuous pixel coordinates, marked with a cross.
+        subtitle: a second title line (method, score).
+    """
+    pixels, heat = np.asarray(pixels), np.asarray(heatmap, dtype=np.float64)
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or heat.shape != pixels.shape[:2]:
+        raise ValueError(f"plot_explanation: pixels must be (H, W, 3) and heatmap (H, W) on the same grid, "
+                         f"got {pixels.shape} and {heat.shape}")
+    fig = _new_figure(6.4, 3.4, dpi=150)
+    fig.set_layout_engine("constrained")
+    extent = (0, pixels.shape[1], pixels.shape[0], 0)  # pixel i spans [i, i + 1), as Explanation.peak
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    left.imshow(pixels, extent=extent, interpolation="nearest")
+    right.imshow(pixels, extent=extent, interpolation="nearest")
+    im = right.imshow(heat, extent=extent, cmap="jet", alpha=0.5, interpolation="bilinear")
+    fig.colorbar(im, ax=right, fraction=0.046, pad=0.04)
+    if peak is not None:
+        right.plot([peak[0]], [peak[1]], marker="x", color="white", markersize=9, markeredgewidth=2)
+    for ax in (left, right):
+        ax.set_axis_off()
+    wrapped = "\n".join(textwrap.wrap(title, 60)[:3])
+    fig.suptitle(wrapped + (f"\n{subtitle}" if subtitle else ""), fontsize=9)
+    return _save_png(fig, out_png)

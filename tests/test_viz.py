@@ -215,3 +215,19 @@ def test_confusion_rejects_bad_input(tmp_path, confusion, names, match):
 def test_import_does_not_need_matplotlib():
     code = "import sys, coembed.viz; assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_plot_explanation_writes_a_png(tmp_path) -> None:
+    from PIL import Image as PILImage
+
+    from coembed.viz import plot_explanation
+
+    pixels = np.zeros((32, 32, 3), dtype=np.uint8)
+    heat = np.zeros((32, 32))
+    heat[4:8, 20:24] = 1.0
+    out = plot_explanation(pixels, heat, "the large red circle", tmp_path / "a" / "map.png", peak=(22.0, 6.0), subtitle="occlusion")
+    with PILImage.open(out) as png:
+        assert png.format == "PNG" and png.width > 2 * png.height / 1.5
+    with pytest.raises(ValueError, match="same grid"):
+        plot_explanation(pixels, heat[:16], "x", tmp_path / "b.png")
+    assert not (tmp_path / "b.png").exists()

@@ -19,7 +19,7 @@ import coembed
 from coembed.cli.main import main
 from tests.helpers import copy_test_images
 
-SUBCOMMANDS = [["data"], ["data", "shapes"], ["train"], ["eval"], ["embed"], ["classify"], ["index"], ["search"], ["tag"], ["serve"], ["demo"]]
+SUBCOMMANDS = [["data"], ["data", "shapes"], ["train"], ["eval"], ["embed"], ["classify"], ["index"], ["search"], ["tag"], ["serve"], ["explain"], ["demo"]]
 ENTRY_POINT = Path(sys.executable).parent / "coembed"
 
 
@@ -47,7 +47,7 @@ def test_entry_point_is_installed() -> None:
     assert ENTRY_POINT.is_file() or shutil.which("coembed")
     proc = run("--help", entry=True)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: coembed")
-    for command in ("data", "train", "eval", "embed", "classify", "index", "search", "tag", "serve", "demo"):
+    for command in ("data", "train", "eval", "embed", "classify", "index", "search", "tag", "serve", "explain", "demo"):
         assert command in proc.stdout
 
 

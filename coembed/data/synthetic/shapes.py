@@ -51,6 +51,10 @@ HELDOUT_PAIRS = tuple((list(COLORS)[(3 * i + 1) % len(COLORS)], shape) for i, sh
 LAYOUT_WEIGHTS = {"single": 0.25, "horizontal": 0.25, "vertical": 0.15, "row": 0.35}
 CAPTIONS_PER_IMAGE = 5
 SUPERSAMPLE = 2
+RADIUS_JITTER = (0.93, 1.05)  # rendered radius = size radius x uniform(*RADIUS_JITTER)
+# Largest extent of a drawn shape from its centre, in radii (the star: drawn at 1.08 r, tips
+# reaching just under that on every side); the other shapes stay within 1 r.
+MAX_EXTENT = 1.08
 FORMAT_VERSION = 1
 
 SIZE_WORDS = {"small": ("small", "small", "little", "tiny"), "large": ("large", "big", "big", "large")}
@@ -388,9 +392,18 @@ def render(scene: Scene, image_size: int, seed: int | list[int]) -> Image.Image:
     draw = ImageDraw.Draw(img)
     for obj in scene.objects:
         fill = tuple(int(np.clip(c + rng.integers(-14, 15), 0, 255)) for c in COLORS[obj.color])
-        r = _radius(obj.size) * side * rng.uniform(0.93, 1.05)
+        r = _radius(obj.size) * side * rng.uniform(*RADIUS_JITTER)
         draw_object(draw, obj.shape, obj.x * side, obj.y * side, r, fill)
     return img.reduce(SUPERSAMPLE)
+
+
+def object_box(obj: dict[str, Any] | Obj, image_size: int) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)`` in pixels of a box that holds the drawn object whatever its jitter: an
+    object of a ``captions.jsonl`` ``objects`` entry (or an :class:`Obj`) in a ``image_size`` image."""
+    o = obj if isinstance(obj, dict) else asdict(obj)
+    half = _radius(o["size"]) * RADIUS_JITTER[1] * MAX_EXTENT * image_size
+    cx, cy = o["x"] * image_size, o["y"] * image_size
+    return cx - half, cy - half, cx + half, cy + half
 
 
 def _render_job(job: tuple[Scene, int, list[int], str]) -> None:
