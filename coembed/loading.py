@@ -84,7 +84,9 @@ def checkpoint_config(model: DualEncoder, preprocess: ImageTransform, **extra: A
 
 
 def default_preprocess(model: DualEncoder) -> ImageTransform:
-    return ImageTransform(image_size=model.cfg.vision.image_size)
+    # Single-stream families (ViLT, VLMo) have no vision tower config; their config names the size.
+    size = model.cfg.image_size if hasattr(model.cfg, "image_size") else model.cfg.vision.image_size
+    return ImageTransform(image_size=size)
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, quick_gelu: bool | None = None) -> Loaded:

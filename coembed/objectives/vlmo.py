@@ -1,0 +1,34 @@
+"""VLMo's objective: ITC on the dual-encoder passes, ITM with hard negatives mined from the ITC
+similarities (VLMo's "global hard negatives", in-batch here), and MLM in fusion mode.
+
+The ITM batch also pairs every image with the manifest's false caption (``batch.negatives``) when the
+batch has them, as the ViLT objective does, so the two families see the same negatives.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from coembed.losses.contrastive import clip_loss
+from coembed.losses.matching import sample_itm_negatives
+from coembed.objectives import FusionBatch
+from coembed.objectives.common import itm_term, mlm_term, wanted
+
+
+def compute_losses(model, batch: FusionBatch, *, progress: float, weights: dict[str, float],
+                   generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``{"itc": ..., "itm": ..., "mlm": ...}`` (zero-weight terms left out; ITM negatives still come from
+    the ITC similarities); ``progress`` is unused."""
+    losses: dict[str, torch.Tensor] = {}
+    image_emb = model.encode_image(batch.images, normalize=True)
+    text_emb = model.encode_text(batch.tokens, normalize=True)
+    scale = model.temperature()
+    if wanted(weights, "itc"):
+        losses["itc"] = clip_loss(image_emb, text_emb, scale)
+    if wanted(weights, "itm"):
+        sim = (scale * image_emb @ text_emb.T).detach().float()  # (B, B) image-to-text
+        neg_image, neg_text = sample_itm_negatives(sim, sim.T, batch.image_ids, generator=generator)
+        losses["itm"] = itm_term(model, batch, neg_image, neg_text)
+    if wanted(weights, "mlm"):
+        losses["mlm"] = mlm_term(model, batch, generator)
+    return losses
