@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, fields
 from collections.abc import Callable
+from dataclasses import asdict, fields
 from typing import Any
 
+import torch
+
 from coembed.errors import ConfigError
-from coembed.models.dual_encoder import DualEncoder, DualEncoderConfig
+from coembed.models.dual_encoder import DualEncoderConfig
 from coembed.models.families import model_class
 from coembed.models.mome import VlmoConfig
 from coembed.models.single_stream import ViltConfig
@@ -81,7 +83,8 @@ def _vlmo_tiny() -> VlmoConfig:
                       vl_layers=1, heads=2, embed_dim=128)
 
 
-_PRESETS: dict[str, Callable[[], DualEncoderConfig | ViltConfig | VlmoConfig]] = {
+# name -> a function returning a fresh config of any registered family (its ``to_dict()`` names it).
+_PRESETS: dict[str, Callable[[], Any]] = {
     "tiny": _tiny,
     "tiny-patch": _tiny_patch,
     "tiny-siglip": _tiny_siglip,
@@ -97,7 +100,7 @@ def list_presets() -> list[str]:
     return sorted(_PRESETS)
 
 
-def get_preset(name: str) -> DualEncoderConfig:
+def get_preset(name: str) -> Any:
     """A fresh copy of the preset's configuration."""
     if name not in _PRESETS:
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
@@ -135,12 +138,14 @@ def _switch_text_tower(data: dict[str, Any], flat: dict[str, Any]) -> None:
         data["text"]["bert"] = None
 
 
-def apply_overrides(cfg: DualEncoderConfig, overrides: dict[str, Any]) -> DualEncoderConfig:
-    """Return a copy of ``cfg`` with overrides (dotted keys or nested dicts) applied and validated."""
+def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
+    """Return a copy of a model config (any registered family) with overrides (dotted keys or nested
+    dicts) applied and validated."""
     data = cfg.to_dict()
-    data.pop("family")
+    family = data.pop("family")
     flat = _flatten(overrides)
-    _switch_text_tower(data, flat)
+    if family == "dual_encoder":
+        _switch_text_tower(data, flat)
     for key, value in flat.items():
         node, *path = key.split(".")
         target = data
@@ -153,22 +158,34 @@ def apply_overrides(cfg: DualEncoderConfig, overrides: dict[str, Any]) -> DualEn
             raise ConfigError(f"unknown model setting {key!r}")
         target[leaf] = value
     try:
-        return type(cfg)(**data)
+        return model_class(family).config_class(**data)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid model setting: {e}") from None
 
 
-def new_model(cfg: DualEncoderConfig) -> DualEncoder:
-    """A model to train: random weights, except a Hugging Face text tower, which starts from its folder's."""
-    if not isinstance(cfg, DualEncoderConfig):
-        return model_class(cfg.to_dict()["family"])(cfg)
-    model = DualEncoder(cfg)
-    if isinstance(cfg.text, HFTextConfig):
-        model.text.load_pretrained()
+def has_setting(cfg: Any, key: str) -> bool:
+    """Whether the dotted ``key`` (e.g. ``"text.mask_id"``) names a field of the config."""
+    node: Any = cfg.to_dict()
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def new_model(cfg: Any) -> torch.nn.Module:
+    """A model to train: random weights, except pretrained parts (a Hugging Face text tower, or what a
+    family's ``load_pretrained()`` reads), which start from their folder's weights."""
+    model = model_class(cfg.to_dict()["family"])(cfg)
+    if isinstance(cfg, DualEncoderConfig):
+        if isinstance(cfg.text, HFTextConfig):
+            model.text.load_pretrained()
+    elif hasattr(model, "load_pretrained"):
+        model.load_pretrained()
     return model
 
 
-def create_model(preset: str = "tiny", **overrides: Any) -> DualEncoder:
+def create_model(preset: str = "tiny", **overrides: Any) -> torch.nn.Module:
     """Build a model from a preset, e.g. ``create_model("tiny", embed_dim=128)``: randomly initialised,
     except that a Hugging Face text tower (preset ``tiny-minilm``) holds its pretrained weights."""
     flat = {k.replace("__", "."): v for k, v in overrides.items()}

@@ -56,7 +56,3 @@ def mlm_term(model: nn.Module, batch: FusionBatch, generator: torch.Generator | 
                                  special_ids=range(len(SPECIAL_TOKENS)), generator=generator)
     return mlm_loss(model.mlm_logits(batch.images, inputs), labels)
 
-
-def wanted(weights: dict[str, float], name: str) -> bool:
-    """Whether a term counts (weight absent = 1); a zero-weight term is not computed at all."""
-    return weights.get(name, 1.0) != 0

@@ -12,23 +12,16 @@ import torch
 from coembed.losses.contrastive import clip_loss
 from coembed.losses.matching import sample_itm_negatives
 from coembed.objectives import FusionBatch
-from coembed.objectives.common import itm_term, mlm_term, wanted
+from coembed.objectives.common import itm_term, mlm_term
 
 
 def compute_losses(model, batch: FusionBatch, *, progress: float, weights: dict[str, float],
                    generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """``{"itc": ..., "itm": ..., "mlm": ...}`` (zero-weight terms left out; ITM negatives still come from
-    the ITC similarities); ``progress`` is unused."""
-    losses: dict[str, torch.Tensor] = {}
+    """``{"itc": ..., "itm": ..., "mlm": ...}``; ``weights`` and ``progress`` are unused (the trainer weights)."""
     image_emb = model.encode_image(batch.images, normalize=True)
     text_emb = model.encode_text(batch.tokens, normalize=True)
     scale = model.temperature()
-    if wanted(weights, "itc"):
-        losses["itc"] = clip_loss(image_emb, text_emb, scale)
-    if wanted(weights, "itm"):
-        sim = (scale * image_emb @ text_emb.T).detach().float()  # (B, B) image-to-text
-        neg_image, neg_text = sample_itm_negatives(sim, sim.T, batch.image_ids, generator=generator)
-        losses["itm"] = itm_term(model, batch, neg_image, neg_text)
-    if wanted(weights, "mlm"):
-        losses["mlm"] = mlm_term(model, batch, generator)
-    return losses
+    sim = (scale * image_emb.float() @ text_emb.float().T).detach()  # (B, B) image-to-text
+    neg_image, neg_text = sample_itm_negatives(sim, sim.T, batch.image_ids, generator=generator)
+    return {"itc": clip_loss(image_emb.float(), text_emb.float(), scale.float()), "itm": itm_term(model, batch, neg_image, neg_text),
+            "mlm": mlm_term(model, batch, generator)}

@@ -77,8 +77,3 @@ def test_seeded_generator_reproduces_and_another_seed_differs() -> None:
     a, b, c = run(model(), batch, seed=3), run(model(), batch, seed=3), run(model(), batch, seed=4)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
-
-
-def test_zero_weights_leave_terms_out() -> None:
-    assert set(run(model(), fusion_batch(), weights={"itm": 0, "mlm": 0})) == {"itc"}
-    assert set(run(model(), fusion_batch(), weights={"itc": 0})) == {"itm", "mlm"}
