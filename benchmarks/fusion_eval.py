@@ -13,7 +13,7 @@ of image i and text t is ``S[i, t]``.
 - hard negatives: the ITM score of each test image's canonical caption vs each of its negatives, per
   type (and the ITC score for models with a dual encoder).
 
-    python benchmarks/fusion_eval.py --checkpoint /tmp/b/vilt/checkpoint --data /tmp/b/shapes --out /tmp/b/vilt/eval.json
+    python benchmarks/fusion_eval.py --checkpoint runs/vilt/checkpoint --data data/shapes --out runs/vilt/fusion_eval.json
 """
 
 from __future__ import annotations

@@ -144,6 +144,12 @@ class Vlmo(nn.Module):
     def image_size(self) -> int:
         return self.cfg.image_size
 
+    @property
+    def text_cfg(self) -> VlmoConfig:
+        """Where the text fields (``context_length``, ``pad_id``) live, as ``DualEncoder.text_cfg``: the
+        shared evaluation embeds captions of either through it."""
+        return self.cfg
+
     def run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None, mode: str, text_len: int = 0) -> torch.Tensor:
         """All blocks in ``mode`` (one of :data:`MODES`), then the final LayerNorm: (B, L, width) -> (B, L, width)."""
         if mode not in MODES:
