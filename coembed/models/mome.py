@@ -141,10 +141,6 @@ class Vlmo(nn.Module):
                 nn.init.normal_(expert.mlp.c_proj.weight, std=proj_std)
 
     @property
-    def image_size(self) -> int:
-        return self.cfg.image_size
-
-    @property
     def text_cfg(self) -> VlmoConfig:
         """Where the text fields (``context_length``, ``pad_id``) live, as ``DualEncoder.text_cfg``: the
         shared evaluation embeds captions of either through it."""

@@ -96,10 +96,6 @@ class Vilt(nn.Module):
         self.itm_head = ItmHead(cfg.width)
         self.mlm_head = MlmHead(cfg.width, cfg.vocab_size)
 
-    @property
-    def image_size(self) -> int:
-        return self.cfg.image_size
-
     def forward_features(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """States of the joint sequence after the final LayerNorm: (B, T + 1 + P, width); the first T
         rows are the text's, then the image CLS and the patches."""
