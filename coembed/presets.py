@@ -17,6 +17,8 @@ import torch
 from coembed.errors import ConfigError
 from coembed.models.dual_encoder import DualEncoderConfig
 from coembed.models.families import model_class
+from coembed.models.mome import VlmoConfig
+from coembed.models.single_stream import ViltConfig
 from coembed.towers.hf_text import HFTextConfig
 from coembed.towers.text_transformer import TextConfig
 from coembed.towers.vit import VisionConfig
@@ -64,6 +66,23 @@ def _tiny_minilm() -> DualEncoderConfig:
     return cfg
 
 
+def _vilt_tiny() -> ViltConfig:
+    # ViLT at `tiny`'s width (128) on 64 px images, one 4-layer stream for both modalities. Patch 16
+    # (16 patches + the image CLS after the text): every training step runs the joint sequence for 4
+    # pairs per image (ITM) plus the MLM pass, and patch 8's 65 image tokens made a step ~2x slower
+    # on this CPU. The hybrid conv stem as in `tiny`: a plain patch projection learns shapes from far
+    # fewer samples than a CPU budget gives (layers/patch_embed.py); stem "patch" is ViLT's own. The
+    # vocabulary is trained on the captions (the trainer replaces vocab_size).
+    return ViltConfig(image_size=64, patch_size=16, stem="conv", vocab_size=1024, context_length=48, width=128, layers=4, heads=2)
+
+
+def _vlmo_tiny() -> VlmoConfig:
+    # VLMo at the same scale: 4 MoME blocks, the top one with a VL-FFN (VLMo-base: 2 of 12), ITC
+    # embeddings of the width, as VLMo. Same patches, stem and vocabulary as vilt-tiny.
+    return VlmoConfig(image_size=64, patch_size=16, stem="conv", vocab_size=1024, context_length=48, width=128, layers=4,
+                      vl_layers=1, heads=2, embed_dim=128)
+
+
 # name -> a function returning a fresh config of any registered family (its ``to_dict()`` names it).
 _PRESETS: dict[str, Callable[[], Any]] = {
     "tiny": _tiny,
@@ -71,6 +90,8 @@ _PRESETS: dict[str, Callable[[], Any]] = {
     "tiny-siglip": _tiny_siglip,
     "tiny-minilm": _tiny_minilm,
     "vit-b-32": _vit_b_32,
+    "vilt-tiny": _vilt_tiny,
+    "vlmo-tiny": _vlmo_tiny,
 }
 
 
@@ -109,11 +130,11 @@ def _switch_text_tower(data: dict[str, Any], flat: dict[str, Any]) -> None:
     """``text.tower`` naming another kind starts the text section afresh (its fields differ), and a new
     ``text.path`` re-reads the encoder's shape from that folder unless ``text.bert.*`` is given too."""
     tower = flat.get("text.tower")
-    if tower is not None and tower != data["text"].get("tower", "transformer"):
+    if tower is not None and "text" in data and tower != data["text"].get("tower", "transformer"):
         if tower not in _TEXT_DEFAULTS:
             raise ConfigError(f"text.tower must be one of {tuple(_TEXT_DEFAULTS)}, got {tower!r}")
         data["text"] = _TEXT_DEFAULTS[tower]()
-    if "text.path" in flat and not any(k.startswith("text.bert.") for k in flat) and "bert" in data["text"]:
+    if "text.path" in flat and not any(k.startswith("text.bert.") for k in flat) and "bert" in data.get("text", {}):
         data["text"]["bert"] = None
 
 

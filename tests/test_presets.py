@@ -135,3 +135,14 @@ def test_create_model_unknown_override() -> None:
 def test_create_model_siglip_has_bias() -> None:
     model = create_model("tiny-siglip", **SMALL)
     assert model.logit_bias is not None and model.logit_bias.item() == -10.0
+
+
+@pytest.mark.parametrize("preset,family", [("vilt-tiny", "vilt"), ("vlmo-tiny", "vlmo")])
+def test_fusion_presets_build_their_family(preset: str, family: str) -> None:
+    from coembed.models.families import model_class
+
+    model = create_model(preset, layers=2)
+    assert type(model) is model_class(family) and model.cfg.layers == 2
+    assert model.cfg.to_dict()["family"] == family
+    with pytest.raises(ConfigError, match="unknown model setting 'vision.layers'"):
+        create_model(preset, vision__layers=2)

@@ -15,8 +15,13 @@ from torch import nn
 
 FAMILIES: dict[str, str] = {
     "dual_encoder": "coembed.models.dual_encoder:DualEncoder",
+    "vilt": "coembed.models.single_stream:Vilt",
+    "vlmo": "coembed.models.mome:Vlmo",
 }
-OBJECTIVES: dict[str, str] = {}
+OBJECTIVES: dict[str, str] = {
+    "vilt": "coembed.objectives.vilt",
+    "vlmo": "coembed.objectives.vlmo",
+}
 
 
 def model_class(family: str) -> type[nn.Module]:

@@ -107,7 +107,9 @@ def _new_model(cfg: TrainConfig, samples: list) -> tuple[torch.nn.Module, Tokeni
     tokenizer = Tokenizer.train((c for s in samples for c in s.captions), vocab_size=cfg.vocab_size)
     ids = {"text.vocab_size": tokenizer.vocab_size, "text.pad_id": tokenizer.pad_id, "text.eot_id": tokenizer.eot_id,
            "text.mask_id": tokenizer.mask_id}
-    overrides = {**{k: v for k, v in ids.items() if has_setting(model_cfg, k)}, **cfg.model}
+    # A single-stream family (ViLT, VLMo) keeps its text fields at the top level of its config.
+    named = {name: v for k, v in ids.items() for name in (k, k.removeprefix("text.")) if has_setting(model_cfg, name)}
+    overrides = {**named, **cfg.model}
     return new_model(apply_overrides(get_preset(cfg.preset), overrides)), tokenizer
 
 

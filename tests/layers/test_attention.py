@@ -12,8 +12,9 @@ from torch import nn
 from coembed.layers.attention import Attention
 
 
-def naive_attention(attn: Attention, x: torch.Tensor, causal: bool) -> np.ndarray:
-    """softmax(Q K^T / sqrt(d)) V per batch row and head, in float64 numpy with explicit loops."""
+def naive_attention(attn: Attention, x: torch.Tensor, causal: bool, keep: list[list[bool]] | None = None) -> np.ndarray:
+    """softmax(Q K^T / sqrt(d)) V per batch row and head, in float64 numpy with explicit loops;
+    ``keep[b][j]`` False hides key j of row b."""
     w_in = attn.in_proj_weight.detach().double().numpy()
     b_in = attn.in_proj_bias.detach().double().numpy()
     w_out = attn.out_proj.weight.detach().double().numpy()
@@ -30,7 +31,7 @@ def naive_attention(attn: Attention, x: torch.Tensor, causal: bool) -> np.ndarra
         for h in range(attn.heads):
             cols = slice(h * hd, (h + 1) * hd)
             for i in range(T):
-                visible = range(i + 1) if causal else range(T)
+                visible = [j for j in (range(i + 1) if causal else range(T)) if keep is None or keep[b][j]]
                 scores = [float(q[i, cols] @ k[j, cols]) / math.sqrt(hd) for j in visible]
                 top = max(scores)
                 weights = [math.exp(s - top) for s in scores]
@@ -57,6 +58,16 @@ def test_matches_naive_loop(width: int, heads: int, causal: bool) -> None:
     x = torch.randn(2, 7, width)
     got = attn(x, causal=causal).detach().double().numpy()
     np.testing.assert_allclose(got, naive_attention(attn, x, causal), rtol=1e-4, atol=1e-5)
+
+
+def test_key_mask_matches_naive_loop() -> None:
+    attn = _randomised(24, 3)
+    x = torch.randn(3, 6, 24)
+    keep = [[True] * 6, [True, True, True, False, False, False], [True, False, True, True, False, True]]
+    mask = torch.tensor(keep)[:, None, None, :]  # (B, 1, 1, T)
+    got = attn(x, mask=mask).detach().double().numpy()
+    np.testing.assert_allclose(got, naive_attention(attn, x, False, keep), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(got, naive_attention(attn, x, False), atol=1e-3)
 
 
 def test_causal_and_full_differ() -> None:
