@@ -12,8 +12,12 @@ from dataclasses import asdict, fields
 from collections.abc import Callable
 from typing import Any
 
+from torch import nn
+
 from coembed.errors import ConfigError
-from coembed.models.dual_encoder import DualEncoder, DualEncoderConfig
+from coembed.models.dual_encoder import DualEncoderConfig
+from coembed.models.families import model_class
+from coembed.models.fusion import FusionConfig, FusionTextConfig
 from coembed.towers.hf_text import HFTextConfig
 from coembed.towers.text_transformer import TextConfig
 from coembed.towers.vit import VisionConfig
@@ -61,7 +65,21 @@ def _tiny_minilm() -> DualEncoderConfig:
     return cfg
 
 
-_PRESETS: dict[str, Callable[[], DualEncoderConfig]] = {
+def _albef_tiny() -> FusionConfig:
+    # ALBEF at `tiny`'s image tower: 2 text-only + 2 fusion layers of width 128 (ALBEF: 6 + 6 of BERT),
+    # a BPE vocabulary trained on the captions (the trainer sets vocab_size / pad_id / eot_id).
+    return FusionConfig(
+        embed_dim=128,
+        vision=VisionConfig(image_size=64, patch_size=8, width=128, layers=4, heads=2, stem="conv"),
+        text=FusionTextConfig(vocab_size=1024, context_length=48, width=128, heads=2, layers=2, fusion_layers=2),
+        queue_size=4096,
+    )
+
+
+ModelConfig = DualEncoderConfig | FusionConfig
+
+_PRESETS: dict[str, Callable[[], ModelConfig]] = {
+    "albef-tiny": _albef_tiny,
     "tiny": _tiny,
     "tiny-patch": _tiny_patch,
     "tiny-siglip": _tiny_siglip,
@@ -75,7 +93,7 @@ def list_presets() -> list[str]:
     return sorted(_PRESETS)
 
 
-def get_preset(name: str) -> DualEncoderConfig:
+def get_preset(name: str) -> ModelConfig:
     """A fresh copy of the preset's configuration."""
     if name not in _PRESETS:
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
@@ -113,12 +131,13 @@ def _switch_text_tower(data: dict[str, Any], flat: dict[str, Any]) -> None:
         data["text"]["bert"] = None
 
 
-def apply_overrides(cfg: DualEncoderConfig, overrides: dict[str, Any]) -> DualEncoderConfig:
-    """Return a copy of ``cfg`` with overrides (dotted keys or nested dicts) applied and validated."""
+def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
+    """Return a copy of ``cfg`` (of any family) with overrides (dotted keys or nested dicts) applied and validated."""
     data = cfg.to_dict()
     data.pop("family")
     flat = _flatten(overrides)
-    _switch_text_tower(data, flat)
+    if isinstance(cfg, DualEncoderConfig):
+        _switch_text_tower(data, flat)
     for key, value in flat.items():
         node, *path = key.split(".")
         target = data
@@ -131,20 +150,21 @@ def apply_overrides(cfg: DualEncoderConfig, overrides: dict[str, Any]) -> DualEn
             raise ConfigError(f"unknown model setting {key!r}")
         target[leaf] = value
     try:
-        return DualEncoderConfig(**data)
+        return type(cfg)(**data)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid model setting: {e}") from None
 
 
-def new_model(cfg: DualEncoderConfig) -> DualEncoder:
-    """A model to train: random weights, except a Hugging Face text tower, which starts from its folder's."""
-    model = DualEncoder(cfg)
-    if isinstance(cfg.text, HFTextConfig):
+def new_model(cfg: ModelConfig) -> nn.Module:
+    """A model to train, of the config's family: random weights, except a Hugging Face text tower,
+    which starts from its folder's."""
+    model = model_class(cfg.to_dict()["family"])(cfg)
+    if isinstance(getattr(cfg, "text", None), HFTextConfig):
         model.text.load_pretrained()
     return model
 
 
-def create_model(preset: str = "tiny", **overrides: Any) -> DualEncoder:
+def create_model(preset: str = "tiny", **overrides: Any) -> nn.Module:
     """Build a model from a preset, e.g. ``create_model("tiny", embed_dim=128)``: randomly initialised,
     except that a Hugging Face text tower (preset ``tiny-minilm``) holds its pretrained weights."""
     flat = {k.replace("__", "."): v for k, v in overrides.items()}

@@ -33,8 +33,8 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(width, eps=eps)
         self.mlp = Mlp(width, mlp_hidden(width, mlp_ratio), quick_gelu=quick_gelu, act=act)
 
-    def forward(self, x: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal=causal)
+    def forward(self, x: torch.Tensor, *, causal: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), causal=causal, mask=mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -53,12 +53,13 @@ class Transformer(nn.Module):
         )
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, causal: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (B, 1, 1, T), True where a key may be attended (see :meth:`Attention.forward`)."""
         for block in self.resblocks:
             if self.grad_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, causal=causal, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, causal=causal, mask=mask, use_reentrant=False)
             else:
-                x = block(x, causal=causal)
+                x = block(x, causal=causal, mask=mask)
         return x
 
     def init_weights(self) -> None:

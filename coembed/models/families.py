@@ -15,8 +15,11 @@ from torch import nn
 
 FAMILIES: dict[str, str] = {
     "dual_encoder": "coembed.models.dual_encoder:DualEncoder",
+    "albef": "coembed.models.fusion:FusionModel",
 }
-OBJECTIVES: dict[str, str] = {}
+OBJECTIVES: dict[str, str] = {
+    "albef": "coembed.objectives.albef",
+}
 
 
 def model_class(family: str) -> type[nn.Module]:
