@@ -83,8 +83,10 @@ def checkpoint_config(model: DualEncoder, preprocess: ImageTransform, **extra: A
     return {"model": model.cfg.to_dict(), "preprocess": pre, **extra}
 
 
-def default_preprocess(model: DualEncoder) -> ImageTransform:
-    return ImageTransform(image_size=model.cfg.vision.image_size)
+def default_preprocess(model: torch.nn.Module) -> ImageTransform:
+    """The model's input transform: its image size (``cfg.vision.image_size``, or ``cfg.image_size``) and CLIP's mean/std."""
+    holder = getattr(model.cfg, "vision", model.cfg)
+    return ImageTransform(image_size=holder.image_size)
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, quick_gelu: bool | None = None) -> Loaded:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, fields
 from collections.abc import Callable
+from dataclasses import asdict, fields
 from typing import Any
 
-from torch import nn
+import torch
 
 from coembed.errors import ConfigError
 from coembed.models.dual_encoder import DualEncoderConfig
@@ -67,7 +67,7 @@ def _tiny_minilm() -> DualEncoderConfig:
 
 def _albef_tiny() -> FusionConfig:
     # ALBEF at `tiny`'s image tower: 2 text-only + 2 fusion layers of width 128 (ALBEF: 6 + 6 of BERT),
-    # a BPE vocabulary trained on the captions (the trainer sets vocab_size / pad_id / eot_id).
+    # a BPE vocabulary trained on the captions (the trainer sets vocab_size / pad_id / eot_id / mask_id).
     return FusionConfig(
         embed_dim=128,
         vision=VisionConfig(image_size=64, patch_size=8, width=128, layers=4, heads=2, stem="conv"),
@@ -76,9 +76,8 @@ def _albef_tiny() -> FusionConfig:
     )
 
 
-ModelConfig = DualEncoderConfig | FusionConfig
-
-_PRESETS: dict[str, Callable[[], ModelConfig]] = {
+# name -> a function returning a fresh config of any registered family (its ``to_dict()`` names it).
+_PRESETS: dict[str, Callable[[], Any]] = {
     "albef-tiny": _albef_tiny,
     "tiny": _tiny,
     "tiny-patch": _tiny_patch,
@@ -93,7 +92,7 @@ def list_presets() -> list[str]:
     return sorted(_PRESETS)
 
 
-def get_preset(name: str) -> ModelConfig:
+def get_preset(name: str) -> Any:
     """A fresh copy of the preset's configuration."""
     if name not in _PRESETS:
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(list_presets())}")
@@ -131,12 +130,13 @@ def _switch_text_tower(data: dict[str, Any], flat: dict[str, Any]) -> None:
         data["text"]["bert"] = None
 
 
-def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
-    """Return a copy of ``cfg`` (of any family) with overrides (dotted keys or nested dicts) applied and validated."""
+def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
+    """Return a copy of a model config (any registered family) with overrides (dotted keys or nested
+    dicts) applied and validated."""
     data = cfg.to_dict()
-    data.pop("family")
+    family = data.pop("family")
     flat = _flatten(overrides)
-    if isinstance(cfg, DualEncoderConfig):
+    if family == "dual_encoder":
         _switch_text_tower(data, flat)
     for key, value in flat.items():
         node, *path = key.split(".")
@@ -150,21 +150,34 @@ def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
             raise ConfigError(f"unknown model setting {key!r}")
         target[leaf] = value
     try:
-        return type(cfg)(**data)
+        return model_class(family).config_class(**data)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid model setting: {e}") from None
 
 
-def new_model(cfg: ModelConfig) -> nn.Module:
-    """A model to train, of the config's family: random weights, except a Hugging Face text tower,
-    which starts from its folder's."""
+def has_setting(cfg: Any, key: str) -> bool:
+    """Whether the dotted ``key`` (e.g. ``"text.mask_id"``) names a field of the config."""
+    node: Any = cfg.to_dict()
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def new_model(cfg: Any) -> torch.nn.Module:
+    """A model to train: random weights, except pretrained parts (a Hugging Face text tower, or what a
+    family's ``load_pretrained()`` reads), which start from their folder's weights."""
     model = model_class(cfg.to_dict()["family"])(cfg)
-    if isinstance(getattr(cfg, "text", None), HFTextConfig):
-        model.text.load_pretrained()
+    if isinstance(cfg, DualEncoderConfig):
+        if isinstance(cfg.text, HFTextConfig):
+            model.text.load_pretrained()
+    elif hasattr(model, "load_pretrained"):
+        model.load_pretrained()
     return model
 
 
-def create_model(preset: str = "tiny", **overrides: Any) -> nn.Module:
+def create_model(preset: str = "tiny", **overrides: Any) -> torch.nn.Module:
     """Build a model from a preset, e.g. ``create_model("tiny", embed_dim=128)``: randomly initialised,
     except that a Hugging Face text tower (preset ``tiny-minilm``) holds its pretrained weights."""
     flat = {k.replace("__", "."): v for k, v in overrides.items()}

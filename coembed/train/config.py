@@ -24,7 +24,8 @@ class TrainConfig:
     out: str
     preset: str = "tiny"
     model: dict[str, Any] = field(default_factory=dict)  # dotted overrides of the preset
-    loss: str = "clip"
+    loss: str = "clip"  # the dual encoder's objective; fusion families use their own (coembed.objectives)
+    loss_weights: dict[str, float] = field(default_factory=dict)  # fusion families: weight per loss term (1 when absent)
     hard_negatives: bool = False  # NegCLIP: add each sample's manifest "negatives" captions to the softmax
     captions_per_image: int | None = None  # train on the first k captions of each image (all when null)
     batch_size: int = 128
@@ -99,6 +100,12 @@ class TrainConfig:
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.model, dict):
             raise ValueError(f"model must be a mapping of model settings, got {self.model!r}")
+        if not isinstance(self.loss_weights, dict):
+            raise ValueError(f"loss_weights must be a mapping of loss term -> weight, got {self.loss_weights!r}")
+        self.loss_weights = {str(k): _number(f"loss_weights.{k}", v, integer=False) for k, v in self.loss_weights.items()}
+        negative = [k for k, v in self.loss_weights.items() if v < 0]
+        if negative:
+            raise ValueError(f"loss_weights.{negative[0]} must be >= 0, got {self.loss_weights[negative[0]]}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,6 +203,9 @@ def build_train_config(base: dict[str, Any], file: str | None = None, sets: list
             model[key.removeprefix("model.")] = value
         elif key == "model":
             model.update(_model_section(value, "--set model"))
+        elif key.startswith("loss_weights."):  # --set loss_weights.itm=2 adds to (or overrides) the file's weights
+            weights = merged.get("loss_weights")
+            merged["loss_weights"] = {**(weights if isinstance(weights, dict) else {}), key.removeprefix("loss_weights."): value}
         else:
             merged[key] = value
     merged.update({k: v for k, v in base.items() if v is not None})

@@ -1,4 +1,8 @@
-"""The training loop for dual encoders: data, tokenizer, model, optimisation, validation, checkpoints.
+"""The training loop: data, tokenizer, model, optimisation, validation, checkpoints.
+
+Dual encoders take the contrastive step of :mod:`coembed.train.step`; every other registered family
+(ALBEF/BLIP, ViLT, VLMo) takes :func:`coembed.train.fusion_step.fusion_train_step` with its objective
+from :data:`coembed.models.families.OBJECTIVES`.
 
 Determinism: the sample order of epoch ``e`` is a permutation seeded by ``(seed, e)`` and the caption
 drawn for a sample depends only on ``(seed, e, index)``, so a resumed run replays exactly the batches an
@@ -10,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from coembed.checkpoint import CHECKPOINT_DIR, resolve
-from coembed.data.datasets import ImageTextDataset, SkipReport, collate_image_text, read_samples
+from coembed.data.datasets import ImageFolderDataset, ImageTextDataset, SkipReport, collate_image_text, collate_images, read_samples
 from coembed.data.splits import split_root
 from coembed.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from coembed.eval.features import embed_split
@@ -26,19 +30,20 @@ from coembed.eval.retrieval import retrieval_metrics
 from coembed.eval.suite import zeroshot_task
 from coembed.loading import Loaded, checkpoint_config, default_preprocess, load, tokenizer_section
 from coembed.losses.contrastive import clip_loss
-from coembed.models.dual_encoder import DualEncoder
-from coembed.presets import apply_overrides, get_preset, new_model
+from coembed.objectives import FusionBatch
+from coembed.presets import apply_overrides, get_preset, has_setting, new_model
 from coembed.tokenizer import Tokenizer
 from coembed.towers.hf_text import HFTextConfig, read_tokenizer
 from coembed.train.config import TrainConfig
 from coembed.train.optim import build_optimizer, cosine_lr, set_lr
 from coembed.train.state import Progress, load_run_state, save_run_checkpoint
+from coembed.train.fusion_step import fusion_train_step, objective_module
 from coembed.train.step import StepResult, train_step
 from coembed.train.text_cache import CACHE_FILE, TextFeatureCache, load_or_build
 
 # Settings a resumed run must share with the run it continues (others, like log_every, may change).
 RESUME_INVARIANTS = ("data", "preset", "model", "loss", "hard_negatives", "batch_size", "epochs", "max_steps", "lr", "weight_decay",
-                     "warmup_steps", "seed", "precision", "captions_per_image")
+                     "warmup_steps", "seed", "precision", "captions_per_image", "loss_weights")
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -73,7 +78,7 @@ class TrainResult:
 
 @dataclass
 class _Run:
-    model: DualEncoder
+    model: torch.nn.Module  # a DualEncoder, or a model of another registered family
     tokenizer: Tokenizer
     optimizer: torch.optim.Optimizer
     progress: Progress
@@ -85,6 +90,7 @@ class _Run:
     skipped_names: set[str] = field(default_factory=set)  # images that failed to load in this session
     empty_batches: int = 0  # consecutive batches without one loadable image
     text_cache: TextFeatureCache | None = None  # pooled caption features of a frozen text tower
+    objective: Callable[..., dict[str, torch.Tensor]] | None = None  # a fusion family's compute_losses; None: contrastive step
 
 
 def _worker_init(_: int) -> None:
@@ -92,14 +98,16 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _new_model(cfg: TrainConfig, samples: list) -> tuple[DualEncoder, Tokenizer]:
+def _new_model(cfg: TrainConfig, samples: list) -> tuple[torch.nn.Module, Tokenizer]:
     """A fresh model and its tokenizer: a BPE vocabulary trained on the captions, or a Hugging Face
     text tower's own tokenizer (and pretrained weights)."""
     model_cfg = apply_overrides(get_preset(cfg.preset), cfg.model)
-    if isinstance(model_cfg.text, HFTextConfig):
+    if isinstance(getattr(model_cfg, "text", None), HFTextConfig):
         return new_model(model_cfg), read_tokenizer(model_cfg.text)
     tokenizer = Tokenizer.train((c for s in samples for c in s.captions), vocab_size=cfg.vocab_size)
-    overrides = {"text.vocab_size": tokenizer.vocab_size, "text.pad_id": tokenizer.pad_id, "text.eot_id": tokenizer.eot_id, **cfg.model}
+    ids = {"text.vocab_size": tokenizer.vocab_size, "text.pad_id": tokenizer.pad_id, "text.eot_id": tokenizer.eot_id,
+           "text.mask_id": tokenizer.mask_id}
+    overrides = {**{k: v for k, v in ids.items() if has_setting(model_cfg, k)}, **cfg.model}
     return new_model(apply_overrides(get_preset(cfg.preset), overrides)), tokenizer
 
 
@@ -129,7 +137,7 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
         model, tokenizer = _new_model(cfg, samples)
     if cfg.hard_negatives and not any(s.meta.get("negatives") for s in samples):
         raise ConfigError(f"hard_negatives is on but no training sample in {train_dir} has a 'negatives' list of false captions")
-    if cfg.loss == "siglip" and model.logit_bias is None:
+    if cfg.loss == "siglip" and getattr(model, "logit_bias", None) is None:
         raise ConfigError(f"loss 'siglip' needs a model with a logit_bias, and preset {cfg.preset!r} has none; "
                           "use preset tiny-siglip or set model.init_logit_bias")
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
@@ -143,7 +151,9 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
         dataset.preload()
     steps_per_epoch = len(samples) // cfg.batch_size
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    return _Run(model, tokenizer, optimizer, progress, dataset, _val_split(cfg), total, steps_per_epoch, skipped)
+    family = model.cfg.to_dict()["family"]
+    objective = None if family == "dual_encoder" else objective_module(family).compute_losses
+    return _Run(model, tokenizer, optimizer, progress, dataset, _val_split(cfg), total, steps_per_epoch, skipped, objective=objective)
 
 
 def _val_split(cfg: TrainConfig) -> tuple[Path, list, dict | None] | None:
@@ -167,11 +177,21 @@ def _loader(run: _Run, cfg: TrainConfig, epoch: int, start: int) -> DataLoader:
 
 
 @torch.no_grad()
-def validate(model: DualEncoder, tokenizer: Tokenizer, root: Path, samples: list,
+def validate(model: torch.nn.Module, tokenizer: Tokenizer, root: Path, samples: list,
              zeroshot: dict[str, tuple[list[str], list[str]]] | None = None) -> dict[str, float]:
-    """Validation loss (CLIP loss over first captions) and R@1 both ways on the val split; with
-    ``zeroshot`` (attribute -> (class names, templates)) also zero-shot top-1 per attribute."""
+    """Validation on the val split: for models with ``encode_image`` the CLIP loss over first captions,
+    R@1 both ways and, with ``zeroshot`` (attribute -> (class names, templates)), zero-shot top-1 per
+    attribute; for models with ``itm_logits`` also the ITM pair accuracy (:func:`itm_pair_accuracy`)."""
     model.eval()
+    out: dict[str, float] = {}
+    if hasattr(model, "encode_image"):
+        out.update(_validate_contrastive(model, tokenizer, root, samples, zeroshot))
+    if hasattr(model, "itm_logits"):
+        out["val_itm_pair_acc"] = itm_pair_accuracy(model, tokenizer, root, samples)
+    return out
+
+
+def _validate_contrastive(model, tokenizer, root, samples, zeroshot) -> dict[str, float]:
     feats = embed_split(model, tokenizer, root, samples, default_preprocess(model))
     first = torch.tensor([int((feats.text_to_image == i).nonzero()[0]) for i in range(len(feats.samples))])
     loss = clip_loss(feats.image_emb, feats.text_emb[first], model.temperature().float())
@@ -182,6 +202,45 @@ def validate(model: DualEncoder, tokenizer: Tokenizer, root: Path, samples: list
         if (task := zeroshot_task(loaded, feats, attribute, names, templates)) is not None:
             out[f"val_zeroshot_{attribute}"] = task["acc1"]
     return out
+
+
+@torch.no_grad()
+def itm_pair_accuracy(model: torch.nn.Module, tokenizer: Tokenizer, root: Path, samples: list, batch_size: int = 64) -> float:
+    """Share of images whose first caption gets a higher ITM match margin (matched minus unmatched
+    logit) than a false caption: the sample's first manifest ``negatives`` entry when it has one (for
+    `shapes`, a minimally changed caption), else the next sample's first caption."""
+    dataset = ImageFolderDataset(root, [s.image for s in samples], default_preprocess(model))
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_images)
+    context = context_length(model)
+    wins, total = 0, 0
+    for batch in loader:
+        if batch.images is None:
+            continue
+        rows = batch.indices.tolist()
+        positives = [samples[i].captions[0] for i in rows]
+        negatives = [_false_caption(samples, i) for i in rows]
+        margins = [_itm_margin(model, batch.images, tokenizer(texts, context_length=context)) for texts in (positives, negatives)]
+        wins += int((margins[0] > margins[1]).sum())
+        total += len(rows)
+    return wins / total if total else float("nan")
+
+
+def _false_caption(samples: list, i: int) -> str:
+    negatives = [n for n in samples[i].meta.get("negatives") or [] if isinstance(n, str) and n.strip()]
+    return negatives[0] if negatives else samples[(i + 1) % len(samples)].captions[0]
+
+
+def _itm_margin(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    logits = model.itm_logits(images, tokens).float()  # (B, 2): not matched, matched
+    return logits[:, 1] - logits[:, 0]
+
+
+def context_length(model: torch.nn.Module) -> int:
+    """The text context length of any family (``text_cfg`` or ``cfg.text``, else ``cfg.context_length``)."""
+    for holder in (getattr(model, "text_cfg", None), getattr(model.cfg, "text", None), model.cfg):
+        if holder is not None and hasattr(holder, "context_length"):
+            return int(holder.context_length)
+    raise ValueError(f"{type(model).__name__}'s config has no context_length")
 
 
 def _zeroshot_spec(data: str) -> dict[str, tuple[list[str], list[str]]] | None:
@@ -267,8 +326,8 @@ def _progress_bar(cfg: TrainConfig, run: _Run):
 def _text_cache(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog) -> TextFeatureCache | None:
     """A frozen Hugging Face tower's pooled features of every training caption (and negative), computed
     once and kept in ``out``; None when the text tower trains."""
-    text_cfg = run.model.text_cfg
-    if not (isinstance(text_cfg, HFTextConfig) and text_cfg.frozen):
+    text_cfg = getattr(run.model, "text_cfg", None)
+    if not (isinstance(text_cfg, HFTextConfig) and text_cfg.frozen and run.objective is None):
         return None
     samples = run.dataset.samples
     captions = [c for s in samples for c in s.captions]
@@ -310,8 +369,10 @@ def _run_epoch(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog, skipped:
             window_samples += len(batch.captions)
             if step % cfg.log_every == 0 or step == run.total_steps:
                 elapsed = time.perf_counter() - window_start
-                record = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "logit_scale": run.model.temperature().item(),
-                          "grad_norm": result.grad_norm, "samples_per_s": window_samples / max(elapsed, 1e-9)}
+                record = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": result.grad_norm,
+                          "samples_per_s": window_samples / max(elapsed, 1e-9), **{f"loss_{k}": v for k, v in result.terms.items()}}
+                if hasattr(run.model, "temperature"):
+                    record["logit_scale"] = run.model.temperature().item()
                 log.write(record)
                 window_start, window_samples = time.perf_counter(), 0
                 if bar is not None:
@@ -334,9 +395,15 @@ def _train_batch(run: _Run, cfg: TrainConfig, out: Path, batch, step: int) -> tu
     set_lr(run.optimizer, lr)
     texts, negatives = _text_inputs(run, batch)
     try:
-        result = train_step(run.model, run.optimizer, batch.images, texts, loss_name=cfg.loss, bf16=cfg.precision == "bf16",
-                            grad_clip=cfg.grad_clip, step=step, negative_tokens=negatives, pooled_text=run.text_cache is not None,
-                            attention=cfg.attention_kernel)
+        if run.objective is not None:
+            fusion = FusionBatch(batch.images, texts, batch.indices, negatives if negatives is not None and len(negatives) == len(texts) else None)
+            result = fusion_train_step(run.model, run.optimizer, fusion, compute_losses=run.objective, weights=cfg.loss_weights,
+                                       progress=(step - 1) / run.total_steps, seed=cfg.seed, step=step, bf16=cfg.precision == "bf16",
+                                       grad_clip=cfg.grad_clip, attention=cfg.attention_kernel)
+        else:
+            result = train_step(run.model, run.optimizer, batch.images, texts, loss_name=cfg.loss, bf16=cfg.precision == "bf16",
+                                grad_clip=cfg.grad_clip, step=step, negative_tokens=negatives, pooled_text=run.text_cache is not None,
+                                attention=cfg.attention_kernel)
     except TrainingDiverged as e:
         kept = out / CHECKPOINT_DIR
         where = f"the last good checkpoint {kept} (step {_saved_step(kept)}) is kept" if kept.exists() else "no checkpoint had been written yet"
@@ -348,7 +415,7 @@ def _text_inputs(run: _Run, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Token ids of the batch's captions and negatives, or their cached pooled features."""
     if run.text_cache is not None:
         return run.text_cache.lookup(batch.captions), run.text_cache.lookup(batch.negatives) if batch.negatives else None
-    context = run.model.text_cfg.context_length
+    context = context_length(run.model)
     negatives = run.tokenizer(batch.negatives, context_length=context) if batch.negatives else None
     return run.tokenizer(batch.captions, context_length=context), negatives
 

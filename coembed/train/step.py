@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -38,6 +38,7 @@ def contrastive_loss(name: str, out: DualEncoderOutput, negative_emb: torch.Tens
 class StepResult:
     loss: float
     grad_norm: float
+    terms: dict[str, float] = field(default_factory=dict)  # a fusion objective's unweighted loss terms
 
 
 def train_step(

@@ -182,3 +182,17 @@ def test_missing_data_or_out(missing: str) -> None:
         build_train_config(base)
     with pytest.raises(ConfigError, match=f"--{missing} is required"):
         build_train_config({k: v for k, v in BASE.items() if k != missing})
+
+
+def test_loss_weights_from_file_and_set(tmp_path: Path) -> None:
+    file = _yaml(tmp_path, "loss_weights:\n  itc: 1\n  mlm: 0.5\n")
+    cfg = build_train_config(dict(BASE), file, ["loss_weights.mlm=2", "loss_weights.itm=1e-1"])
+    assert cfg.loss_weights == {"itc": 1.0, "mlm": 2.0, "itm": 0.1}
+
+
+@pytest.mark.parametrize(("item", "shown"), [("loss_weights.itm=-1", "loss_weights.itm must be >= 0"),
+                                             ("loss_weights.itm=much", "loss_weights.itm must be a number"),
+                                             ("loss_weights=3", "loss_weights must be a mapping")])
+def test_invalid_loss_weights_name_the_term(item: str, shown: str) -> None:
+    with pytest.raises(ConfigError, match=shown):
+        build_train_config(dict(BASE), None, [item])
