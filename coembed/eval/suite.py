@@ -183,15 +183,21 @@ def heldout_task(loaded: Loaded, data: Path, meta: dict, rerank: tuple[int, str]
     return {**result, "n_images": len(feats.samples), **extra}
 
 
+SKIPPABLE = ("zeroshot", "linear_probe", "compositional")
+
+
 def evaluate(loaded: Loaded, data: str | Path, split: str = "test", *, rerank_k: int | None = None, rerank_score: str = "itm",
-             log: Callable[[str], None] = lambda _: None) -> EvalResult:
+             skip: tuple[str, ...] = (), log: Callable[[str], None] = lambda _: None) -> EvalResult:
     """Run every task that the data supports and return the nested metrics.
 
     Args:
         rerank_k: also report retrieval with each query's ITC top ``rerank_k`` re-ranked by the model's
             ITM head (``retrieval_rerank``); needs a model with ``itm_logits``.
         rerank_score: ``"itm"`` (matched probability, ALBEF) or ``"itm+itc"`` (plus cosine, BLIP).
+        skip: tasks of :data:`SKIPPABLE` not to run (retrieval always runs).
     """
+    if unknown := sorted(set(skip) - set(SKIPPABLE)):
+        raise ValueError(f"skip names unknown task(s) {', '.join(unknown)}; skippable: {', '.join(SKIPPABLE)}")
     if rerank_k is not None and not has_itm(loaded.model):
         raise ValueError(f"rerank_k needs a model with an ITM head; {type(loaded.model).__name__} has none")
     start, data = time.perf_counter(), Path(data)
@@ -204,21 +210,21 @@ def evaluate(loaded: Loaded, data: str | Path, split: str = "test", *, rerank_k:
                                              "n_images": len(feats.samples), "n_texts": len(feats.text_to_image)}}
     templates = {**DEFAULT_TEMPLATES, **meta.get("zeroshot_templates", {})}
     for attribute, key in (("shape", "shapes"), ("color", "colors")):
-        if key in meta:
+        if key in meta and "zeroshot" not in skip:
             log(f"zero-shot {attribute}")
             task = zeroshot_task(loaded, feats, attribute, meta[key], templates[attribute])
             if task:
                 metrics[f"zeroshot_{attribute}"] = task
     log("linear probe")
-    if (probe := linear_probe_task(loaded, data, feats, meta)) is not None:
+    if "linear_probe" not in skip and (probe := linear_probe_task(loaded, data, feats, meta)) is not None:
         metrics["linear_probe"] = probe
     rerank = (rerank_k, rerank_score) if rerank_k is not None else None
     if rerank is not None:
         log(f"re-ranking the ITC top {rerank_k} by {rerank_score}")
         metrics["retrieval_rerank"] = rerank_task(loaded, root, feats, *rerank)
     log("compositional")
-    compositional = compositional_tasks(loaded, root, feats)
-    if split == "test" and (heldout := heldout_task(loaded, data, meta, rerank)):
+    compositional = compositional_tasks(loaded, root, feats) if "compositional" not in skip else {}
+    if split == "test" and "compositional" not in skip and (heldout := heldout_task(loaded, data, meta, rerank)):
         compositional["heldout"] = heldout
     if compositional:
         metrics["compositional"] = compositional
