@@ -17,6 +17,7 @@ import torch
 from coembed.errors import ConfigError
 from coembed.models.dual_encoder import DualEncoderConfig
 from coembed.models.families import model_class
+from coembed.models.fusion import FusionConfig, FusionTextConfig
 from coembed.models.mome import VlmoConfig
 from coembed.models.single_stream import ViltConfig
 from coembed.towers.hf_text import HFTextConfig
@@ -83,8 +84,20 @@ def _vlmo_tiny() -> VlmoConfig:
                       vl_layers=1, heads=2, embed_dim=128)
 
 
+def _albef_tiny() -> FusionConfig:
+    # ALBEF at `tiny`'s image tower: 2 text-only + 2 fusion layers of width 128 (ALBEF: 6 + 6 of BERT),
+    # a BPE vocabulary trained on the captions (the trainer sets vocab_size / pad_id / eot_id / mask_id).
+    return FusionConfig(
+        embed_dim=128,
+        vision=VisionConfig(image_size=64, patch_size=8, width=128, layers=4, heads=2, stem="conv"),
+        text=FusionTextConfig(vocab_size=1024, context_length=48, width=128, heads=2, layers=2, fusion_layers=2),
+        queue_size=4096,
+    )
+
+
 # name -> a function returning a fresh config of any registered family (its ``to_dict()`` names it).
 _PRESETS: dict[str, Callable[[], Any]] = {
+    "albef-tiny": _albef_tiny,
     "tiny": _tiny,
     "tiny-patch": _tiny_patch,
     "tiny-siglip": _tiny_siglip,

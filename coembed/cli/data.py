@@ -18,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     shapes.add_argument("--val", type=non_negative_int, default=1000)
     shapes.add_argument("--test", type=non_negative_int, default=1000)
     shapes.add_argument("--heldout", type=non_negative_int, default=500, help="held-out-compositions images")
+    shapes.add_argument("--train-swap-negatives", action="store_true",
+                        help="also give training images swap-type false captions (attributes swapped, relation reversed)")
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--workers", type=positive_int, default=2)
     shapes.add_argument("--json", action="store_true", help="print the dataset summary as JSON")
@@ -30,7 +32,8 @@ def run_shapes(args: argparse.Namespace) -> int:
 
     try:
         cfg = ShapesConfig(image_size=args.image_size, train=args.train, val=args.val, test=args.test,
-                           heldout=args.heldout, seed=args.seed, workers=args.workers)
+                           heldout=args.heldout, train_swap_negatives=args.train_swap_negatives, seed=args.seed,
+                           workers=args.workers)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     start = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coembed.cli.common import add_checkpoint_args, eprint, load_checkpoint, print_json
+from coembed.cli.common import add_checkpoint_args, eprint, load_checkpoint, positive_int, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,6 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--out", help="write the metrics JSON here")
     p.add_argument("--json", action="store_true", help="print the metrics JSON instead of a table")
+    p.add_argument("--rerank-k", type=positive_int,
+                   help="fusion models: also re-rank each query's ITC top K candidates with the ITM head")
+    p.add_argument("--skip", action="append", default=[], choices=("zeroshot", "linear_probe", "compositional"),
+                   help="leave out a task (repeatable); retrieval always runs")
+    p.add_argument("--rerank-score", choices=("itm", "itm+itc"), default="itm",
+                   help="re-ranking score: ITM matched probability (ALBEF) or ITM + ITC cosine (BLIP); default itm")
     p.set_defaults(func=run)
 
 
@@ -22,8 +28,15 @@ def run(args: argparse.Namespace) -> int:
     from coembed.eval.report import flatten_metrics, format_table, write_eval_json
     from coembed.eval.suite import evaluate
 
+    from coembed.errors import ConfigError
+    from coembed.eval.pair_scores import has_itm
+
     loaded = load_checkpoint(args)
-    result = evaluate(loaded, args.data, args.split, log=eprint)
+    if args.rerank_k is not None and not has_itm(loaded.model):
+        raise ConfigError(f"--rerank-k needs a model with an ITM head (a fusion family); {args.checkpoint} is a "
+                          f"{type(loaded.model).__name__}")
+    result = evaluate(loaded, args.data, args.split, rerank_k=args.rerank_k, rerank_score=args.rerank_score,
+                      skip=tuple(args.skip), log=eprint)
     record = {"dataset": Path(args.data).name, "model": str(args.checkpoint), "split": args.split}
     if args.out:
         write_eval_json(args.out, **record, metrics=result.metrics, extra={"seconds": round(result.seconds, 1)})

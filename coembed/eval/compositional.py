@@ -1,4 +1,10 @@
-"""Hard-negative caption accuracy: does the image prefer its caption over a minimally edited one?"""
+"""Compositional tests: does the image prefer its caption over a minimally edited one (hard negatives),
+and do a pair of images and a pair of captions that differ by a swap match up (Winoground)?
+
+Scores come either from embeddings (dot products, :func:`hard_negative_accuracy`) or from any pair
+score, e.g. a fusion model's ITM matched probability (:func:`hard_negative_accuracy_from_scores`,
+:func:`winoground_scores`).
+"""
 
 from __future__ import annotations
 
@@ -45,7 +51,58 @@ def hard_negative_accuracy(
     _check_inputs(image_emb, pos_emb, neg_emb, neg_owner, neg_type, chunk_size)
     owner = neg_owner.to(device=image_emb.device, dtype=torch.long)
     won = _pair_wins(image_emb, pos_emb, neg_emb, owner, chunk_size)
-    n_images = image_emb.shape[0]
+    return _summary(won, owner, image_emb.shape[0], neg_type)
+
+
+def hard_negative_accuracy_from_scores(pos_score: Tensor, neg_score: Tensor, neg_owner: Tensor, neg_type: Sequence[str]) -> dict:
+    """:func:`hard_negative_accuracy` from pair scores instead of embeddings (e.g. ITM probabilities).
+
+    Args:
+        pos_score: (N,) score of each image with its positive caption.
+        neg_score: (K,) score of each negative caption with its image.
+        neg_owner: (K,) index of the image (row of ``pos_score``) each negative belongs to.
+        neg_type: K negative type names.
+    """
+    if pos_score.ndim != 1 or neg_score.ndim != 1 or pos_score.numel() == 0:
+        raise ValueError(f"pos_score and neg_score must be non-empty 1-D tensors, got {tuple(pos_score.shape)} and {tuple(neg_score.shape)}")
+    _check_index("neg_owner", neg_owner, neg_score.shape[0], pos_score.shape[0])
+    if isinstance(neg_type, str) or len(neg_type) != neg_score.shape[0]:
+        raise ValueError(f"neg_type must be a list of {neg_score.shape[0]} strings, got {neg_type!r:.80}")
+    if neg_score.shape[0] == 0:
+        raise ValueError("neg_score is empty: there are no negatives to score")
+    owner = neg_owner.long()
+    return _summary(pos_score[owner] > neg_score, owner, pos_score.shape[0], neg_type)
+
+
+def winoground_scores(scores: Tensor, types: Sequence[str]) -> dict:
+    """Winoground's text, image and group scores, overall and per type.
+
+    Args:
+        scores: (P, 2, 2) with ``scores[p, c, i]`` = s(caption c, image i) of item p; caption 0 is
+            true of image 0 and caption 1 of image 1.
+        types: P type names (e.g. ``"swap_attributes"``).
+
+    Returns:
+        ``text``: s(C0,I0) > s(C1,I0) and s(C1,I1) > s(C0,I1); ``image``: s(C0,I0) > s(C0,I1) and
+        s(C1,I1) > s(C1,I0); ``group``: both; each a fraction of the items, plus ``n`` and ``by_type``.
+    """
+    if scores.ndim != 3 or scores.shape[1:] != (2, 2) or scores.shape[0] == 0:
+        raise ValueError(f"scores must have shape (P, 2, 2) with P > 0, got {tuple(scores.shape)}")
+    if isinstance(types, str) or len(types) != scores.shape[0]:
+        raise ValueError(f"types must be a list of {scores.shape[0]} strings")
+    s = scores.double()
+    text = (s[:, 0, 0] > s[:, 1, 0]) & (s[:, 1, 1] > s[:, 0, 1])
+    image = (s[:, 0, 0] > s[:, 0, 1]) & (s[:, 1, 1] > s[:, 1, 0])
+    wins = {"text": text, "image": image, "group": text & image}
+    out: dict = {name: w.double().mean().item() for name, w in wins.items()}
+    out["n"] = int(s.shape[0])
+    by_name = {name: _by_type(w, types) for name, w in wins.items()}
+    out["by_type"] = {kind: {name: by_name[name][kind] for name in wins} for kind in sorted(set(types))}
+    return out
+
+
+def _summary(won: Tensor, owner: Tensor, n_images: int, neg_type: Sequence[str]) -> dict:
+    """The accuracies of :func:`hard_negative_accuracy` from (K,) wins and their images."""
     has_neg = torch.bincount(owner, minlength=n_images) > 0
     all_won = torch.ones(n_images, device=won.device)
     all_won = all_won.scatter_reduce(0, owner, won.float(), "amin", include_self=False)

@@ -74,6 +74,22 @@ def embed_images(
     return emb, kept, report
 
 
+def load_images(root: str | Path, relpaths: Sequence[str], transform: ImageTransform, *, batch_size: int = 256
+                ) -> tuple[torch.Tensor, list[int], SkipReport]:
+    """Preprocessed images (N', 3, S, S) of the ``relpaths`` that load, their indices and what was skipped
+    (pair scorers such as ITM need pixels, not embeddings)."""
+    loader = DataLoader(ImageFolderDataset(root, list(relpaths), transform), batch_size=batch_size, collate_fn=collate_images)
+    images, kept, report = [], [], SkipReport()
+    for batch in loader:
+        for name, reason in batch.skipped:
+            report.add(name, reason)
+        if batch.images is not None and len(batch.indices):
+            images.append(batch.images)
+            kept.extend(batch.indices.tolist())
+    size = transform.image_size
+    return (torch.cat(images) if images else torch.zeros(0, 3, size, size)), kept, report
+
+
 def embed_split(
     model: DualEncoder,
     tokenizer: Tokenizer,

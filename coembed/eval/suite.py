@@ -1,8 +1,12 @@
 """The full evaluation of a checkpoint on a dataset split, as ``coembed eval`` runs it.
 
 Tasks: retrieval both ways (always); on `shapes`-style data with per-object labels also zero-shot
-classification of shape and colour, a linear probe and compositional tests (hard negatives and the
-held-out-compositions split).
+classification of shape and colour, a linear probe and compositional tests (hard negatives,
+Winoground-style pairs and the held-out-compositions split).
+
+Models with an ITM head (fusion families) are scored on the compositional tests by their matched
+probability (and, as ``*_itc``, by the cosine of their ITC embeddings too); their retrieval can be
+re-ranked by ITM (``rerank_k``). Dual encoders are scored by cosine.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import torch
 
 from coembed.data.datasets import Sample, read_samples
 from coembed.data.splits import split_root
-from coembed.eval.compositional import hard_negative_accuracy
-from coembed.eval.features import SplitFeatures, embed_images, embed_split, embed_texts
+from coembed.eval.compositional import hard_negative_accuracy, hard_negative_accuracy_from_scores, winoground_scores
+from coembed.eval.features import SplitFeatures, embed_images, embed_split, embed_texts, load_images
 from coembed.eval.linear_probe import linear_probe
+from coembed.eval.pair_scores import PairScoreFn, has_itm, pair_scorer
+from coembed.eval.rerank import rerank_retrieval
 from coembed.eval.retrieval import retrieval_metrics
 from coembed.eval.zeroshot import class_embeddings, zeroshot_classify, zeroshot_metrics
 from coembed.io import read_jsonl
@@ -89,7 +95,16 @@ def linear_probe_task(loaded: Loaded, data: Path, feats: SplitFeatures, meta: di
     return result
 
 
-def hard_negative_task(loaded: Loaded, root: Path, feats: SplitFeatures) -> dict | None:
+def _scorer(loaded: Loaded, root: Path, relpaths: list[str], texts: list[str], score: str) -> tuple[PairScoreFn, list[int]]:
+    """Pair scores over these images (rows of ``relpaths`` that loaded, returned too) and texts."""
+    images, kept, _ = load_images(root, relpaths, loaded.preprocess)
+    tokens = loaded.tokenizer(texts, context_length=loaded.model.text_cfg.context_length)
+    return pair_scorer(loaded.model, images, tokens, score), kept
+
+
+def hard_negative_task(loaded: Loaded, root: Path, feats: SplitFeatures, score: str = "cosine") -> dict | None:
+    """Accuracy of positives against the split's ``hard_negatives.jsonl``, by ``score`` (``"cosine"`` of
+    the embeddings or ``"itm"``)."""
     path = root / "hard_negatives.jsonl"
     if not path.is_file():
         return None
@@ -99,25 +114,92 @@ def hard_negative_task(loaded: Loaded, root: Path, feats: SplitFeatures) -> dict
         return None
     rows = [row_of[o["image"]] for o in items]
     negs = [(i, n["caption"], n.get("type", "other")) for i, o in enumerate(items) for n in o["negatives"]]
-    pos_emb = embed_texts(loaded.model, loaded.tokenizer, [o["positive"] for o in items])
-    neg_emb = embed_texts(loaded.model, loaded.tokenizer, [c for _, c, _ in negs])
     owner = torch.tensor([i for i, _, _ in negs])
-    return hard_negative_accuracy(feats.image_emb[rows], pos_emb, neg_emb, owner, [t for _, _, t in negs])
+    if score == "cosine":
+        pos_emb = embed_texts(loaded.model, loaded.tokenizer, [o["positive"] for o in items])
+        neg_emb = embed_texts(loaded.model, loaded.tokenizer, [c for _, c, _ in negs])
+        return hard_negative_accuracy(feats.image_emb[rows], pos_emb, neg_emb, owner, [t for _, _, t in negs])
+    fn, _ = _scorer(loaded, root, [feats.samples[r].image for r in rows], [o["positive"] for o in items] + [c for _, c, _ in negs], score)
+    n = len(items)
+    pos, neg = fn(torch.arange(n), torch.arange(n)), fn(owner, n + torch.arange(len(negs)))
+    return hard_negative_accuracy_from_scores(pos, neg, owner, [t for _, _, t in negs])
 
 
-def heldout_task(loaded: Loaded, data: Path, meta: dict) -> dict | None:
+def winoground_task(loaded: Loaded, root: Path, score: str = "cosine") -> dict | None:
+    """Winoground text / image / group scores on the split's ``winoground.jsonl`` (pairs of images and
+    captions differing by a swap), by ``score``."""
+    path = root / "winoground.jsonl"
+    if not path.is_file():
+        return None
+    items = [o for _, o in read_jsonl(path) if all(isinstance(o.get(k), str) for k in ("image_0", "image_1", "caption_0", "caption_1"))]
+    if not items:
+        return None
+    relpaths = sorted({o[k] for o in items for k in ("image_0", "image_1")})
+    fn, kept = _scorer(loaded, root, relpaths, [o[k] for o in items for k in ("caption_0", "caption_1")], score)
+    row_of = {relpaths[k]: row for row, k in enumerate(kept)}
+    good = [p for p, o in enumerate(items) if o["image_0"] in row_of and o["image_1"] in row_of]
+    if not good:
+        return None
+    images = torch.tensor([[row_of[items[p]["image_0"]], row_of[items[p]["image_1"]]] for p in good])  # (P, 2)
+    texts = torch.tensor([[2 * p, 2 * p + 1] for p in good])  # (P, 2)
+    image_rows = images[:, None, :].expand(-1, 2, -1)  # (P, caption, image)
+    text_rows = texts[:, :, None].expand(-1, -1, 2)
+    scores = fn(image_rows.reshape(-1), text_rows.reshape(-1)).view(len(good), 2, 2)
+    return winoground_scores(scores, [items[p].get("type", "other") for p in good])
+
+
+def compositional_tasks(loaded: Loaded, root: Path, feats: SplitFeatures) -> dict:
+    """Hard negatives and Winoground by ITM (and ITC cosine, suffix ``_itc``) for a fusion model, by
+    cosine for a dual encoder; tasks the split has no file for are left out."""
+    scores = {"": "itm", "_itc": "cosine"} if has_itm(loaded.model) else {"": "cosine"}
+    out = {}
+    for suffix, score in scores.items():
+        for name, task in (("hard_negatives", hard_negative_task), ("winoground", winoground_task)):
+            result = task(loaded, root, feats, score) if name == "hard_negatives" else task(loaded, root, score)
+            if result:
+                out[name + suffix] = result
+    return out
+
+
+def rerank_task(loaded: Loaded, root: Path, feats: SplitFeatures, k: int, score: str) -> dict:
+    """Retrieval after re-ranking each query's ITC top ``k`` by ITM (``score`` "itm" or "itm+itc")."""
+    texts = [c for s in feats.samples for c in s.captions]
+    fn, kept = _scorer(loaded, root, [s.image for s in feats.samples], texts, "itm")
+    if len(kept) != len(feats.samples):
+        raise ValueError(f"{len(feats.samples) - len(kept)} images of {root} failed to load for re-ranking")
+    return {**rerank_retrieval(feats.image_emb, feats.text_emb, feats.text_to_image, fn, k=k, score=score), "score": score}
+
+
+def heldout_task(loaded: Loaded, data: Path, meta: dict, rerank: tuple[int, str] | None = None) -> dict | None:
     root = split_root(data, "heldout", required=False)
     if root is None:
         return None
     samples, _ = read_samples(root)
     feats = embed_split(loaded.model, loaded.tokenizer, root, samples, loaded.preprocess)
     result = retrieval_metrics(feats.image_emb, feats.text_emb, feats.text_to_image)
-    hard = hard_negative_task(loaded, root, feats)
-    return {**result, "n_images": len(feats.samples), **({"hard_negatives": hard} if hard else {})}
+    extra = compositional_tasks(loaded, root, feats)
+    if rerank is not None:
+        extra["rerank"] = rerank_task(loaded, root, feats, *rerank)
+    return {**result, "n_images": len(feats.samples), **extra}
 
 
-def evaluate(loaded: Loaded, data: str | Path, split: str = "test", *, log: Callable[[str], None] = lambda _: None) -> EvalResult:
-    """Run every task that the data supports and return the nested metrics."""
+SKIPPABLE = ("zeroshot", "linear_probe", "compositional")
+
+
+def evaluate(loaded: Loaded, data: str | Path, split: str = "test", *, rerank_k: int | None = None, rerank_score: str = "itm",
+             skip: tuple[str, ...] = (), log: Callable[[str], None] = lambda _: None) -> EvalResult:
+    """Run every task that the data supports and return the nested metrics.
+
+    Args:
+        rerank_k: also report retrieval with each query's ITC top ``rerank_k`` re-ranked by the model's
+            ITM head (``retrieval_rerank``); needs a model with ``itm_logits``.
+        rerank_score: ``"itm"`` (matched probability, ALBEF) or ``"itm+itc"`` (plus cosine, BLIP).
+        skip: tasks of :data:`SKIPPABLE` not to run (retrieval always runs).
+    """
+    if unknown := sorted(set(skip) - set(SKIPPABLE)):
+        raise ValueError(f"skip names unknown task(s) {', '.join(unknown)}; skippable: {', '.join(SKIPPABLE)}")
+    if rerank_k is not None and not has_itm(loaded.model):
+        raise ValueError(f"rerank_k needs a model with an ITM head; {type(loaded.model).__name__} has none")
     start, data = time.perf_counter(), Path(data)
     root = split_root(data, split)
     samples, skipped = read_samples(root)
@@ -128,17 +210,22 @@ def evaluate(loaded: Loaded, data: str | Path, split: str = "test", *, log: Call
                                              "n_images": len(feats.samples), "n_texts": len(feats.text_to_image)}}
     templates = {**DEFAULT_TEMPLATES, **meta.get("zeroshot_templates", {})}
     for attribute, key in (("shape", "shapes"), ("color", "colors")):
-        if key in meta:
+        if key in meta and "zeroshot" not in skip:
             log(f"zero-shot {attribute}")
             task = zeroshot_task(loaded, feats, attribute, meta[key], templates[attribute])
             if task:
                 metrics[f"zeroshot_{attribute}"] = task
     log("linear probe")
-    if (probe := linear_probe_task(loaded, data, feats, meta)) is not None:
+    if "linear_probe" not in skip and (probe := linear_probe_task(loaded, data, feats, meta)) is not None:
         metrics["linear_probe"] = probe
+    rerank = (rerank_k, rerank_score) if rerank_k is not None else None
+    if rerank is not None:
+        log(f"re-ranking the ITC top {rerank_k} by {rerank_score}")
+        metrics["retrieval_rerank"] = rerank_task(loaded, root, feats, *rerank)
     log("compositional")
-    compositional = {k: v for k, v in (("hard_negatives", hard_negative_task(loaded, root, feats)),
-                                       ("heldout", heldout_task(loaded, data, meta) if split == "test" else None)) if v}
+    compositional = compositional_tasks(loaded, root, feats) if "compositional" not in skip else {}
+    if split == "test" and "compositional" not in skip and (heldout := heldout_task(loaded, data, meta, rerank)):
+        compositional["heldout"] = heldout
     if compositional:
         metrics["compositional"] = compositional
     skipped.merge(feats.skipped)

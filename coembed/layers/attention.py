@@ -32,21 +32,17 @@ class Attention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: torch.Tensor, *, causal: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Attend ``x`` (B, T, width) to itself; ``causal`` hides later positions, ``mask`` (B, 1, 1, T)
-        bool hides the keys where it is False (padding)."""
+        """Attend ``x`` (B, T, width) to itself; ``causal`` hides later positions, ``mask`` (B, 1, 1, T),
+        True where a key may be attended, hides padding keys (bidirectional encoders)."""
         B, T, C = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, T, 3C)
         qkv = qkv.view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, T, head_dim)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.out_proj(y)
 
-    def cross(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Attend ``query`` (B, Q, width) to ``context`` (B, T, width), as ``nn.MultiheadAttention(q, kv, kv)``.
-
-        The first third of ``in_proj_weight`` projects the queries, the rest the keys and values.
-        """
+    def _cross_qkv(self, query: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, Q, C = query.shape
         T = context.shape[1]
         w_q, w_kv = self.in_proj_weight.split([C, 2 * C])
@@ -54,6 +50,23 @@ class Attention(nn.Module):
         q = F.linear(query, w_q, b_q).view(B, Q, self.heads, C // self.heads).transpose(1, 2)  # (B, heads, Q, hd)
         kv = F.linear(context, w_kv, b_kv).view(B, T, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         k, v = kv.unbind(0)  # each (B, heads, T, head_dim)
-        y = F.scaled_dot_product_attention(q, k, v)
-        y = y.transpose(1, 2).reshape(B, Q, C)  # (B, Q, C)
-        return self.out_proj(y)
+        return q, k, v
+
+    def _cross_out(self, y: torch.Tensor) -> torch.Tensor:
+        B, _, Q, _ = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(B, Q, -1))  # (B, Q, C)
+
+    def cross(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Attend ``query`` (B, Q, width) to ``context`` (B, T, width), as ``nn.MultiheadAttention(q, kv, kv)``.
+
+        The first third of ``in_proj_weight`` projects the queries, the rest the keys and values.
+        """
+        q, k, v = self._cross_qkv(query, context)
+        return self._cross_out(F.scaled_dot_product_attention(q, k, v))
+
+    def cross_with_probs(self, query: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`cross` computed explicitly, also returning the attention probabilities (B, heads, Q, T),
+        in the autograd graph (for Grad-CAM over cross-attention maps)."""
+        q, k, v = self._cross_qkv(query, context)
+        probs = torch.softmax((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5, dim=-1)  # (B, heads, Q, T)
+        return self._cross_out(probs @ v), probs

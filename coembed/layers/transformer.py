@@ -54,7 +54,7 @@ class Transformer(nn.Module):
         self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor, *, causal: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``mask`` (B, 1, 1, T) bool: keys each query may attend to (False for padding)."""
+        """``mask`` (B, 1, 1, T), True where a key may be attended (see :meth:`Attention.forward`)."""
         for block in self.resblocks:
             if self.grad_checkpointing and self.training:
                 x = torch.utils.checkpoint.checkpoint(block, x, causal=causal, mask=mask, use_reentrant=False)

@@ -15,10 +15,12 @@ from torch import nn
 
 FAMILIES: dict[str, str] = {
     "dual_encoder": "coembed.models.dual_encoder:DualEncoder",
+    "albef": "coembed.models.fusion:FusionModel",
     "vilt": "coembed.models.single_stream:Vilt",
     "vlmo": "coembed.models.mome:Vlmo",
 }
 OBJECTIVES: dict[str, str] = {
+    "albef": "coembed.objectives.albef",
     "vilt": "coembed.objectives.vilt",
     "vlmo": "coembed.objectives.vlmo",
 }

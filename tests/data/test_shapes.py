@@ -249,3 +249,37 @@ def test_object_box_holds_every_drawn_pixel() -> None:
             x0, y0, x1, y1 = object_box(obj, size)
             inside[max(0, int(np.floor(y0))):int(np.ceil(y1)), max(0, int(np.floor(x0))):int(np.ceil(x1))] = True
         assert changed.any() and not (changed & ~inside).any(), (i, scene)
+
+
+def test_winoground_counterparts_show_what_the_negative_says(data: Path) -> None:
+    lines = {x["image"]: x for x in _lines(data / "test" / "captions.jsonl")}
+    items = _lines(data / "test" / "winoground.jsonl")
+    assert {x["type"] for x in items} == {"swap_attributes", "swap_relation"}
+    assert len(items) > len(lines)  # one relation counterpart per scene, plus attribute ones for multi-object scenes
+    banned = {tuple(p) for p in HELDOUT_PAIRS}
+    for item in items:
+        truth = scene_key(lines[item["image_0"]])
+        other = scene_key({"layout": item["layout"], "position": item.get("position_1", ""), "objects": item["objects_1"]})
+        assert parse(item["caption_0"]) == truth and parse(item["caption_1"]) == other != truth
+        assert sorted(a for a in truth[2]) == sorted(a for a in other[2]) or item["type"] == "swap_attributes"
+        assert not any((c, s) in banned for _, c, s in other[2])
+        img = Image.open(data / "test" / item["image_1"])
+        assert img.size == (64, 64)
+
+
+def test_swap_training_negatives_are_false_and_typed(tmp_path: Path) -> None:
+    generate(ShapesConfig(train=200, val=5, test=5, heldout=0, workers=1, seed=4, train_swap_negatives=True), tmp_path)
+    kinds = Counter()
+    for line in _lines(tmp_path / "train" / "captions.jsonl"):
+        truth = scene_key(line)
+        assert len(line["negatives"]) == len(line["negative_types"])
+        for neg, kind in zip(line["negatives"], line["negative_types"]):
+            kinds[kind] += 1
+            key = parse(neg)
+            assert key != truth and key[0] == truth[0], (neg, line["captions"][0])
+            if kind == "swap_relation" and truth[0] != "single":
+                assert key[2] == truth[2][::-1]
+            if kind == "swap_attributes":
+                assert sorted(x for a in key[2] for x in a) == sorted(x for a in truth[2] for x in a)
+    assert set(kinds) == {"replace_attribute", "swap_attributes", "swap_relation"}
+    assert all("swap" not in t for x in _lines(tmp_path / "val" / "captions.jsonl") for t in x["negative_types"])

@@ -48,7 +48,7 @@ def test_matches_naive_loop(seed, chunk_size):
     want = naive(*args)
     assert got["by_type"] == pytest.approx(want.pop("by_type"))
     assert list(got.pop("by_type")) == sorted(TYPES)
-    assert got == pytest.approx(want)
+    assert got == want
     assert 0 < got["image_accuracy"] < got["pair_accuracy"] < 1
     assert got["n_images"] <= 28
 
@@ -111,3 +111,35 @@ def test_invalid_arguments(kwargs, message):
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         hard_negative_accuracy(**args)
+
+
+def test_winoground_scores_match_a_naive_loop() -> None:
+    from coembed.eval.compositional import winoground_scores
+
+    torch.manual_seed(0)
+    s = torch.randn(40, 2, 2)
+    s[0] = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # all three won
+    s[1] = torch.tensor([[1.0, 2.0], [0.0, 3.0]])  # text won, image lost (C0 prefers I1)
+    types = ["a" if i % 3 else "b" for i in range(40)]
+    got = winoground_scores(s, types)
+    text = [s[p, 0, 0] > s[p, 1, 0] and s[p, 1, 1] > s[p, 0, 1] for p in range(40)]
+    image = [s[p, 0, 0] > s[p, 0, 1] and s[p, 1, 1] > s[p, 1, 0] for p in range(40)]
+    assert text[1] and not image[1]
+    assert got["text"] == pytest.approx(sum(text) / 40) and got["image"] == pytest.approx(sum(image) / 40)
+    assert got["group"] == pytest.approx(sum(a and b for a, b in zip(text, image)) / 40) and got["n"] == 40
+    b_rows = [p for p in range(40) if types[p] == "b"]
+    assert got["by_type"]["b"]["text"] == pytest.approx(sum(text[p] for p in b_rows) / len(b_rows))
+    with pytest.raises(ValueError, match="scores"):
+        winoground_scores(torch.zeros(3, 2), ["a"] * 3)
+
+
+def test_accuracy_from_scores_equals_the_embedding_version() -> None:
+    from coembed.eval.compositional import hard_negative_accuracy, hard_negative_accuracy_from_scores
+
+    torch.manual_seed(0)
+    img, pos, neg = torch.randn(5, 4), torch.randn(5, 4), torch.randn(9, 4)
+    owner = torch.tensor([0, 0, 1, 2, 2, 3, 4, 4, 4])
+    types = ["x", "y"] * 4 + ["x"]
+    want = hard_negative_accuracy(img, pos, neg, owner, types)
+    got = hard_negative_accuracy_from_scores((img * pos).sum(-1), (img[owner] * neg).sum(-1), owner, types)
+    assert got == want

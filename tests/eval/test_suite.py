@@ -58,7 +58,7 @@ def test_task_keys(result) -> None:
     assert set(m) == {"retrieval", "zeroshot_shape", "zeroshot_color", "linear_probe", "compositional"}
     assert {k for k in m["retrieval"] if "recall" in k} == RECALL_KEYS  # CLIP_benchmark's names
     assert set(m["retrieval"]) - RECALL_KEYS == {"n_images", "n_texts"}
-    assert set(m["compositional"]) == {"hard_negatives", "heldout"}
+    assert set(m["compositional"]) == {"hard_negatives", "winoground", "heldout"}  # cosine-scored for a dual encoder
     assert set(m["linear_probe"]) == {"shape", "color"}
     assert result.notes == [] and result.seconds > 0
 

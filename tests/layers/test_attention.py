@@ -139,3 +139,27 @@ def test_gradients_reach_all_parameters() -> None:
     for name, p in attn.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def _mha_with(attn: Attention, width: int, heads: int) -> nn.MultiheadAttention:
+    mha = nn.MultiheadAttention(width, heads, batch_first=True)
+    mha.load_state_dict(attn.state_dict())
+    return mha
+
+
+def test_padding_mask_matches_multihead_attention_key_padding_mask() -> None:
+    torch.manual_seed(0)
+    attn, x = Attention(16, 2), torch.randn(3, 5, 16)
+    real = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    want, _ = _mha_with(attn, 16, 2)(x, x, x, key_padding_mask=~real, need_weights=False)
+    torch.testing.assert_close(attn(x, mask=real[:, None, None, :]), want, atol=1e-5, rtol=1e-5)
+
+
+def test_cross_with_probs_matches_multihead_attention_weights() -> None:
+    torch.manual_seed(0)
+    attn, q, kv = Attention(16, 4), torch.randn(2, 3, 16), torch.randn(2, 7, 16)
+    want, weights = _mha_with(attn, 16, 4)(q, kv, kv, need_weights=True, average_attn_weights=False)
+    out, probs = attn.cross_with_probs(q, kv)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(probs, weights, atol=1e-6, rtol=1e-5)  # (B, heads, Q, T)
+    torch.testing.assert_close(attn.cross(q, kv), want, atol=1e-5, rtol=1e-5)

@@ -14,12 +14,16 @@ one key, which makes its captions unambiguous within it. Eight colour-shape pair
 one per colour) never occur in train / val / test; the ``heldout`` split is made of scenes that
 contain at least one of them. The test split also gets ``hard_negatives.jsonl``: per image, its
 canonical caption and minimally changed false ones (attributes swapped between two objects, the
-relation reversed, a count changed).
+relation reversed, a count changed), and ``winoground.jsonl`` + ``winoground/*.png``: for each swap
+negative, the *counterpart* image (a scene the negative caption truly describes and the positive does
+not), so that pairs of images and captions can be scored Winoground-style.
 
 Output, per split, in the format users bring: ``SPLIT/images/NNNNNN.png`` and ``SPLIT/captions.jsonl``
 lines ``{"image", "captions", "objects", "layout"}``; ``meta.json`` at the top describes the whole set.
 Train and val lines also carry ``negatives``: false captions (one attribute of one object replaced)
-that ``hard_negatives=true`` training uses as extra NegCLIP-style negatives.
+that ``hard_negatives=true`` training uses as extra NegCLIP-style negatives; with
+``train_swap_negatives`` the train lines also get swap-type negatives (attributes swapped, relation
+reversed: captions of the counterpart scene), and every line lists ``negative_types`` beside them.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ COLORS = {
 }
 SIZES = {"small": 0.09, "large": 0.155}  # radius as a fraction of the image side
 SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "heldout": 3}
+WINOGROUND_SEED_ID = 4  # render seed namespace of the counterpart images
+SWAP_TYPES = ("swap_attributes", "swap_relation")
 # One colour per shape (a permutation: every shape and every colour keeps 7 of its 8 partners).
 HELDOUT_PAIRS = tuple((list(COLORS)[(3 * i + 1) % len(COLORS)], shape) for i, shape in enumerate(SHAPES))
 LAYOUT_WEIGHTS = {"single": 0.25, "horizontal": 0.25, "vertical": 0.15, "row": 0.35}
@@ -83,6 +89,8 @@ class ShapesConfig:
         val: validation images.
         test: test images (at most the number of distinct descriptions, about 150,000).
         heldout: images of the held-out-compositions split.
+        train_swap_negatives: add swap-type negatives (the test file's kinds, on training scenes) to the
+            train split's ``negatives``.
         seed: everything is a function of the seed.
         workers: processes that render images.
     """
@@ -92,10 +100,13 @@ class ShapesConfig:
     val: int = 1000
     test: int = 1000
     heldout: int = 500
+    train_swap_negatives: bool = False
     seed: int = 0
     workers: int = 2
 
     def __post_init__(self) -> None:
+        if not isinstance(self.train_swap_negatives, bool):
+            raise ValueError(f"train_swap_negatives must be true or false, got {self.train_swap_negatives!r}")
         for name in ("image_size", "train", "val", "test", "heldout", "seed", "workers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -277,9 +288,8 @@ def hard_negatives(scene: Scene) -> list[dict[str, str]]:
     """Minimal false variants of the canonical caption, each with its ``type``."""
     objs = list(scene.objects)
     out = []
-    if len(objs) >= 2:
-        i, j = _differing_pair(objs)
-        attr = next(f for f in ("color", "shape", "size") if getattr(objs[i], f) != getattr(objs[j], f))
+    if (target := _swap_target(scene)) is not None:
+        i, j, attr = target
         swapped = list(objs)
         swapped[i] = Obj(**{**asdict(objs[i]), attr: getattr(objs[j], attr)})
         swapped[j] = Obj(**{**asdict(objs[j]), attr: getattr(objs[i], attr)})
@@ -287,6 +297,72 @@ def hard_negatives(scene: Scene) -> list[dict[str, str]]:
     out.append({"caption": canonical_caption(scene, reversed_relation=True), "type": "swap_relation"})
     counted = canonical_caption(scene).replace(object_phrase(objs[0]), object_phrase(objs[0], plural=True), 1)
     out.append({"caption": counted, "type": "change_count"})
+    return out
+
+
+def _swap_target(scene: Scene) -> tuple[int, int, str] | None:
+    """The two objects and the attribute the ``swap_attributes`` negative exchanges (None for one object)."""
+    objs = list(scene.objects)
+    if len(objs) < 2:
+        return None
+    i, j = _differing_pair(objs)
+    return i, j, next(f for f in ("color", "shape", "size") if getattr(objs[i], f) != getattr(objs[j], f))
+
+
+def counterpart_attrs(scene: Scene, kind: str) -> tuple[str, list[tuple[str, str, str]]] | None:
+    """(position, attributes in layout order) of the scene the ``kind`` negative describes, or None.
+
+    ``swap_attributes``: the two objects' attribute exchanged; ``swap_relation``: the objects in reverse
+    order (a single object moved to the reversed position), which is what the reversed caption says.
+    """
+    attrs = [o.attrs() for o in scene.objects]
+    if kind == "swap_attributes":
+        target = _swap_target(scene)
+        if target is None:
+            return None
+        i, j, attr = target
+        k = ("size", "color", "shape").index(attr)
+        a, b = list(attrs[i]), list(attrs[j])
+        a[k], b[k] = b[k], a[k]
+        attrs[i], attrs[j] = tuple(a), tuple(b)
+        return scene.position, attrs
+    if kind == "swap_relation":
+        if scene.layout == "single":
+            return {"left": "right", "middle": "left", "right": "left"}[scene.position], attrs
+        return scene.position, attrs[::-1]
+    raise ValueError(f"kind must be one of {SWAP_TYPES}, got {kind!r}")
+
+
+def counterpart_scene(scene: Scene, kind: str, rng: random.Random) -> Scene | None:
+    """A freshly laid out scene that the ``kind`` negative of ``scene`` truly describes, or None when it
+    has no such negative or would show a held-out colour-shape pair."""
+    found = counterpart_attrs(scene, kind)
+    if found is None:
+        return None
+    position, attrs = found
+    if {(c, s) for _, c, s in attrs} & set(HELDOUT_PAIRS):
+        return None
+    radii = [_radius(a[0]) for a in attrs]
+    while True:
+        if scene.layout == "single":
+            third = POSITIONS.index(position) / 3
+            pad = 0.04 if position == "middle" else 0.0
+            x, y = _free(rng, radii[0], third + pad, third + 1 / 3 - pad), _free(rng, radii[0])
+            a = attrs[0]
+            return Scene("single", (Obj(shape=a[2], color=a[1], size=a[0], x=round(x, 4), y=round(y, 4)),), position)
+        new = _layout(rng, scene.layout, attrs, radii)
+        if new is not None:
+            return new
+
+
+def swap_training_negatives(scene: Scene, rng: random.Random) -> list[tuple[str, str]]:
+    """(caption, type) swap negatives of a training scene: a random phrasing of each counterpart scene."""
+    out = []
+    for kind in SWAP_TYPES:
+        other = counterpart_scene(scene, kind, rng)
+        if other is not None:
+            phrase = lambda k, o=other: object_phrase(o.objects[k], rng)  # noqa: E731
+            out.append((rng.choice([canonical_caption(other), *_templates(other, phrase, rng)]), kind))
     return out
 
 
@@ -430,12 +506,15 @@ def sample_split(split: str, n: int, seed: int) -> list[Scene]:
     return scenes
 
 
-def _line(scene: Scene, image: str, rng: random.Random, negatives: bool) -> dict[str, Any]:
+def _line(scene: Scene, image: str, rng: random.Random, negatives: bool, swaps: bool = False) -> dict[str, Any]:
     objects = [asdict(o) for o in scene.objects]
     extra = {"position": scene.position} if scene.position else {}
     line = {"image": image, "captions": captions(scene, rng), "layout": scene.layout, **extra, "objects": objects}
     if negatives:
-        line["negatives"] = training_negatives(scene, rng)
+        found = [(c, "replace_attribute") for c in training_negatives(scene, rng)]
+        found += swap_training_negatives(scene, rng) if swaps else []
+        line["negatives"] = [c for c, _ in found]
+        line["negative_types"] = [t for _, t in found]
     return line
 
 
@@ -451,7 +530,7 @@ def zeroshot_templates() -> dict[str, list[str]]:
 def _meta(cfg: ShapesConfig) -> dict[str, Any]:
     return {
         "name": "shapes", "format_version": FORMAT_VERSION, "image_size": cfg.image_size, "seed": cfg.seed,
-        "splits": {s: getattr(cfg, s) for s in SPLIT_IDS}, "shapes": list(SHAPES), "colors": list(COLORS),
+        "splits": {s: getattr(cfg, s) for s in SPLIT_IDS}, "train_swap_negatives": cfg.train_swap_negatives, "shapes": list(SHAPES), "colors": list(COLORS),
         "sizes": list(SIZES), "heldout_pairs": [list(p) for p in HELDOUT_PAIRS],
         "layouts": LAYOUT_WEIGHTS, "captions_per_image": CAPTIONS_PER_IMAGE, "zeroshot_templates": zeroshot_templates(),
     }
@@ -481,12 +560,36 @@ def _write_manifests(cfg: ShapesConfig, out: Path, split: str, split_id: int) ->
     (root / "images").mkdir(parents=True, exist_ok=True)
     scenes = sample_split(split, n, cfg.seed)
     rng = random.Random(f"captions-{cfg.seed}-{split}")
-    lines = [_line(s, f"images/{i:06d}.png", rng, negatives=split in ("train", "val")) for i, s in enumerate(scenes)]
+    swaps = cfg.train_swap_negatives and split == "train"
+    lines = [_line(s, f"images/{i:06d}.png", rng, negatives=split in ("train", "val"), swaps=swaps) for i, s in enumerate(scenes)]
     atomic_write_text(root / "captions.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
+    jobs = [(s, cfg.image_size, [cfg.seed, split_id, i], str(root / x["image"])) for i, (s, x) in enumerate(zip(scenes, lines))]
     if split == "test":
         negs = [{"image": x["image"], "positive": canonical_caption(s), "negatives": hard_negatives(s)} for x, s in zip(lines, scenes)]
         atomic_write_text(root / "hard_negatives.jsonl", "".join(json.dumps(x) + "\n" for x in negs))
-    return [(s, cfg.image_size, [cfg.seed, split_id, i], str(root / x["image"])) for i, (s, x) in enumerate(zip(scenes, lines))]
+        jobs += _write_winoground(cfg, root, scenes, lines)
+    return jobs
+
+
+def _write_winoground(cfg: ShapesConfig, root: Path, scenes: list[Scene], lines: list[dict]) -> list[tuple[Scene, int, list[int], str]]:
+    """``winoground.jsonl`` (image_0/caption_0 the test scene, image_1/caption_1 its counterpart and the
+    swap negative) and the render jobs of the counterpart images."""
+    (root / "winoground").mkdir(exist_ok=True)
+    rng = random.Random(f"winoground-{cfg.seed}")
+    items, jobs = [], []
+    for i, (scene, line) in enumerate(zip(scenes, lines)):
+        negatives = {n["type"]: n["caption"] for n in hard_negatives(scene)}
+        for k, kind in enumerate(SWAP_TYPES):
+            other = counterpart_scene(scene, kind, rng) if kind in negatives else None
+            if other is None:
+                continue
+            image = f"winoground/{i:06d}_{k}.png"
+            items.append({"image_0": line["image"], "caption_0": canonical_caption(scene), "image_1": image,
+                          "caption_1": negatives[kind], "type": kind, "objects_1": [asdict(o) for o in other.objects],
+                          "layout": other.layout, **({"position_1": other.position} if other.position else {})})
+            jobs.append((other, cfg.image_size, [cfg.seed, WINOGROUND_SEED_ID, i, k], str(root / image)))
+    atomic_write_text(root / "winoground.jsonl", "".join(json.dumps(x) + "\n" for x in items))
+    return jobs
 
 
 def _render_all(jobs: list, workers: int, progress: Callable[[int, int], None] | None) -> None:
