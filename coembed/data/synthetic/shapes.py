@@ -28,6 +28,7 @@ reversed: captions of the counterpart scene), and every line lists ``negative_ty
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -234,25 +235,27 @@ def object_phrase(obj: Obj, rng: random.Random | None = None, *, plural: bool = 
     return f"{_article(size)} {size} {obj.color} {shape}"
 
 
-def _templates(scene: Scene, a: Callable[[int], str], rng: random.Random) -> list[str]:
-    """All phrasings of the scene; ``a(i)`` gives a (random-synonym) phrase of object i."""
+def _templates(scene: Scene, a: Callable[[int], str], rng: random.Random) -> list[Callable[[], str]]:
+    """All phrasings of the scene, each built only when called (a caller picks one: building all of
+    them for every caption was most of the generator's caption time); ``a(i)`` gives a
+    (random-synonym) phrase of object i."""
     pick = rng.choice
     if scene.layout == "single":
         where = POSITION_WORDS[scene.position]
-        return [f"{a(0)} {pick(where)}", f"{pick(where)} there is {a(0)}", f"{a(0)} {pick(where)} of the image",
-                f"{pick(where)}, {a(0)}", f"a picture with {a(0)} {pick(where)}"]
+        return [lambda: f"{a(0)} {pick(where)}", lambda: f"{pick(where)} there is {a(0)}", lambda: f"{a(0)} {pick(where)} of the image",
+                lambda: f"{pick(where)}, {a(0)}", lambda: f"a picture with {a(0)} {pick(where)}"]
     if scene.layout == "horizontal":
-        return [f"{a(0)} {pick(LEFT_OF)} {a(1)}", f"{a(1)} {pick(RIGHT_OF)} {a(0)}",
-                f"{a(0)} on the left and {a(1)} on the right", f"{a(1)} on the right and {a(0)} on the left",
-                f"{pick(LEFT_OF)} {a(1)} there is {a(0)}", f"{a(0)} and {a(1)}, from left to right"]
+        return [lambda: f"{a(0)} {pick(LEFT_OF)} {a(1)}", lambda: f"{a(1)} {pick(RIGHT_OF)} {a(0)}",
+                lambda: f"{a(0)} on the left and {a(1)} on the right", lambda: f"{a(1)} on the right and {a(0)} on the left",
+                lambda: f"{pick(LEFT_OF)} {a(1)} there is {a(0)}", lambda: f"{a(0)} and {a(1)}, from left to right"]
     if scene.layout == "vertical":
-        return [f"{a(0)} {pick(ABOVE)} {a(1)}", f"{a(1)} {pick(BELOW)} {a(0)}",
-                f"{a(0)} at the top and {a(1)} at the bottom", f"{a(1)} at the bottom and {a(0)} at the top",
-                f"{pick(BELOW)} {a(0)} there is {a(1)}", f"{a(0)} and {a(1)}, from top to bottom"]
-    return [f"{a(0)}, {a(1)} and {a(2)} from left to right", f"from left to right: {a(0)}, {a(1)}, {a(2)}",
-            f"{a(2)}, {a(1)} and {a(0)} from right to left", f"{a(0)} {pick(LEFT_OF)} {a(1)}, which is {pick(LEFT_OF)} {a(2)}",
-            f"{a(0)} on the left, {a(1)} in the middle and {a(2)} on the right",
-            f"three shapes: {a(0)}, {a(1)} and {a(2)}, left to right"]
+        return [lambda: f"{a(0)} {pick(ABOVE)} {a(1)}", lambda: f"{a(1)} {pick(BELOW)} {a(0)}",
+                lambda: f"{a(0)} at the top and {a(1)} at the bottom", lambda: f"{a(1)} at the bottom and {a(0)} at the top",
+                lambda: f"{pick(BELOW)} {a(0)} there is {a(1)}", lambda: f"{a(0)} and {a(1)}, from top to bottom"]
+    return [lambda: f"{a(0)}, {a(1)} and {a(2)} from left to right", lambda: f"from left to right: {a(0)}, {a(1)}, {a(2)}",
+            lambda: f"{a(2)}, {a(1)} and {a(0)} from right to left", lambda: f"{a(0)} {pick(LEFT_OF)} {a(1)}, which is {pick(LEFT_OF)} {a(2)}",
+            lambda: f"{a(0)} on the left, {a(1)} in the middle and {a(2)} on the right",
+            lambda: f"three shapes: {a(0)}, {a(1)} and {a(2)}, left to right"]
 
 
 def canonical_caption(scene: Scene, *, reversed_relation: bool = False) -> str:
@@ -276,7 +279,7 @@ def captions(scene: Scene, rng: random.Random, n: int = CAPTIONS_PER_IMAGE) -> l
         if len(out) >= n:
             break
         phrase = lambda i: object_phrase(scene.objects[i], rng)  # noqa: E731
-        text = rng.choice(_templates(scene, phrase, rng))
+        text = rng.choice(_templates(scene, phrase, rng))()
         if rng.random() < 0.3 and not text.startswith(("there", "a picture", "from", "three", "on", "at", "in")):
             text = rng.choice(PREFIXES) + text
         if text not in out:
@@ -362,7 +365,7 @@ def swap_training_negatives(scene: Scene, rng: random.Random) -> list[tuple[str,
         other = counterpart_scene(scene, kind, rng)
         if other is not None:
             phrase = lambda k, o=other: object_phrase(o.objects[k], rng)  # noqa: E731
-            out.append((rng.choice([canonical_caption(other), *_templates(other, phrase, rng)]), kind))
+            out.append((rng.choice([lambda: canonical_caption(other), *_templates(other, phrase, rng)])(), kind))
     return out
 
 
@@ -392,7 +395,7 @@ def training_negatives(scene: Scene, rng: random.Random) -> list[str]:
             attrs = [o.attrs() for o in new.objects]
             if len(set(attrs)) == len(attrs) and not {(c, s) for _, c, s in attrs} & banned:
                 phrase = lambda k: object_phrase(new.objects[k], rng)  # noqa: E731
-                out.append(rng.choice(_templates(new, phrase, rng)))
+                out.append(rng.choice(_templates(new, phrase, rng))())
                 break
     return out
 
@@ -451,13 +454,23 @@ def draw_object(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
 
 
 def _background(rng: np.random.Generator, side: int) -> np.ndarray:
-    """A neutral grey with a slight tint, a linear gradient and pixel noise: (side, side, 3) uint8."""
-    base = rng.uniform(75, 185) + rng.uniform(-12, 12, size=3)
+    """A neutral grey with a slight tint, a linear gradient and pixel noise: (side, side, 3) uint8.
+
+    Computed once per output pixel (``side / SUPERSAMPLE`` cells) and repeated over each cell's
+    SUPERSAMPLE x SUPERSAMPLE block, with the noise's standard deviation that averaging the block's
+    independent draws gave (5 / SUPERSAMPLE): the reduced background has the same statistics, and the
+    full-resolution version was ~60% of rendering an image.
+    """
+    base = (rng.uniform(75, 185) + rng.uniform(-12, 12, size=3)).astype(np.float32)
     angle = rng.uniform(0, 2 * math.pi)
-    ramp = np.linspace(-1, 1, side)
-    grad = np.cos(angle) * ramp[None, :] + np.sin(angle) * ramp[:, None]
-    img = base[None, None, :] + rng.uniform(0, 22) * grad[:, :, None] + rng.normal(0, 5, size=(side, side, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
+    cells = -(-side // SUPERSAMPLE)
+    ramp = np.linspace(-1, 1, cells, dtype=np.float32)
+    grad = np.float32(math.cos(angle)) * ramp[None, :] + np.float32(math.sin(angle)) * ramp[:, None]  # (cells, cells)
+    img = rng.standard_normal((cells, cells, 3), dtype=np.float32) * np.float32(5 / SUPERSAMPLE)
+    img += base
+    img += np.float32(rng.uniform(0, 22)) * grad[:, :, None]
+    small = np.clip(img, 0, 255, out=img).astype(np.uint8)
+    return small.repeat(SUPERSAMPLE, axis=0).repeat(SUPERSAMPLE, axis=1)[:side, :side]  # (side, side, 3)
 
 
 def render(scene: Scene, image_size: int, seed: int | list[int]) -> Image.Image:
@@ -545,30 +558,37 @@ def generate(cfg: ShapesConfig, out: str | os.PathLike, progress: Callable[[int,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)
-    jobs = []
-    for split, split_id in SPLIT_IDS.items():
-        jobs += _write_manifests(cfg, out, split, split_id)
-    _render_all(jobs, cfg.workers, progress)
+    scenes = {split: sample_split(split, getattr(cfg, split), cfg.seed) for split in SPLIT_IDS}
+    jobs = [job for split, split_id in SPLIT_IDS.items() for job in _image_jobs(cfg, out / split, split_id, scenes[split])]
+    # The captions and manifests are written while the workers render (they need the scenes only).
+    _render_all(jobs, cfg.workers, progress, during=lambda: [j for split in SPLIT_IDS for j in _write_manifests(cfg, out, split, scenes[split])])
     meta = _meta(cfg)
     atomic_write_json(out / "meta.json", meta)
     return meta
 
 
-def _write_manifests(cfg: ShapesConfig, out: Path, split: str, split_id: int) -> list[tuple[Scene, int, list[int], str]]:
-    n = getattr(cfg, split)
-    root = out / split
+def _image_name(i: int) -> str:
+    return f"images/{i:06d}.png"
+
+
+def _image_jobs(cfg: ShapesConfig, root: Path, split_id: int, scenes: list[Scene]) -> list[tuple[Scene, int, list[int], str]]:
     (root / "images").mkdir(parents=True, exist_ok=True)
-    scenes = sample_split(split, n, cfg.seed)
+    return [(scene, cfg.image_size, [cfg.seed, split_id, i], str(root / _image_name(i))) for i, scene in enumerate(scenes)]
+
+
+def _write_manifests(cfg: ShapesConfig, out: Path, split: str, scenes: list[Scene]) -> list[tuple[Scene, int, list[int], str]]:
+    """Write the split's manifest (and the test split's hard negatives and Winoground pairs); returns the
+    render jobs of the Winoground counterpart images."""
+    root = out / split
     rng = random.Random(f"captions-{cfg.seed}-{split}")
     swaps = cfg.train_swap_negatives and split == "train"
-    lines = [_line(s, f"images/{i:06d}.png", rng, negatives=split in ("train", "val"), swaps=swaps) for i, s in enumerate(scenes)]
+    lines = [_line(s, _image_name(i), rng, negatives=split in ("train", "val"), swaps=swaps) for i, s in enumerate(scenes)]
     atomic_write_text(root / "captions.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
-    jobs = [(s, cfg.image_size, [cfg.seed, split_id, i], str(root / x["image"])) for i, (s, x) in enumerate(zip(scenes, lines))]
-    if split == "test":
-        negs = [{"image": x["image"], "positive": canonical_caption(s), "negatives": hard_negatives(s)} for x, s in zip(lines, scenes)]
-        atomic_write_text(root / "hard_negatives.jsonl", "".join(json.dumps(x) + "\n" for x in negs))
-        jobs += _write_winoground(cfg, root, scenes, lines)
-    return jobs
+    if split != "test":
+        return []
+    negs = [{"image": x["image"], "positive": canonical_caption(s), "negatives": hard_negatives(s)} for x, s in zip(lines, scenes)]
+    atomic_write_text(root / "hard_negatives.jsonl", "".join(json.dumps(x) + "\n" for x in negs))
+    return _write_winoground(cfg, root, scenes, lines)
 
 
 def _write_winoground(cfg: ShapesConfig, root: Path, scenes: list[Scene], lines: list[dict]) -> list[tuple[Scene, int, list[int], str]]:
@@ -592,19 +612,30 @@ def _write_winoground(cfg: ShapesConfig, root: Path, scenes: list[Scene], lines:
     return jobs
 
 
-def _render_all(jobs: list, workers: int, progress: Callable[[int, int], None] | None) -> None:
-    total, chunk = len(jobs), 256
-    if progress:
-        progress(0, total)
-    if workers == 1 or total < 2 * chunk:
+def _render_all(jobs: list, workers: int, progress: Callable[[int, int], None] | None,
+                during: Callable[[], list] = list) -> None:
+    """Render ``jobs`` with ``workers`` processes; ``during()`` runs in this process meanwhile and
+    returns more jobs, rendered after them."""
+    chunk = 256
+    if workers == 1 or len(jobs) < 2 * chunk:
+        jobs = jobs + during()
+        _report(progress, 0, len(jobs))
         for i, job in enumerate(jobs, start=1):
             _render_job(job)
-            if progress and (i % chunk == 0 or i == total):
-                progress(i, total)
+            if i % chunk == 0 or i == len(jobs):
+                _report(progress, i, len(jobs))
         return
     with ProcessPoolExecutor(workers) as pool:
-        done = 0
-        for _ in pool.map(_render_job, jobs, chunksize=chunk):
-            done += 1
-            if progress and (done % chunk == 0 or done == total):
-                progress(done, total)
+        first = pool.map(_render_job, jobs, chunksize=chunk)  # submitted now; runs while during() does
+        more = during()
+        total = len(jobs) + len(more)
+        _report(progress, 0, total)
+        rest = pool.map(_render_job, more, chunksize=chunk)
+        for done, _ in enumerate(itertools.chain(first, rest), start=1):
+            if done % chunk == 0 or done == total:
+                _report(progress, done, total)
+
+
+def _report(progress: Callable[[int, int], None] | None, done: int, total: int) -> None:
+    if progress:
+        progress(done, total)
