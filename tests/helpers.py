@@ -26,3 +26,29 @@ def png_header(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(100))) + chunk(b"IEND", b"")
+
+
+def small_vl_model(model_cls, cfg_cls, small: dict, seed: int = 0, **overrides):
+    """A small single-stream / MoME model in eval mode with non-zero biases and type embeddings, so a
+    term left out of a forward pass would show in its output."""
+    import torch
+
+    torch.manual_seed(seed)
+    model = model_cls(cfg_cls(**{**small, **overrides})).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "token_type" in name:
+                p.normal_(std=0.3)
+    return model
+
+
+def vl_inputs(batch: int = 3, length: int = 7, seed: int = 1):
+    """32 px images and token ids starting with <sot>; row 1 is shorter (real padding inside the batch)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, 32, 32, generator=g)
+    tokens = torch.randint(5, 40, (batch, length), generator=g)
+    tokens[:, 0] = 1
+    tokens[1, 4:] = 0
+    return images, tokens

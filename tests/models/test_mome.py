@@ -9,28 +9,18 @@ import torch.nn.functional as F
 
 import coembed
 from coembed.models.mome import MomeBlock, Vlmo, VlmoConfig
+from tests.helpers import small_vl_model, vl_inputs
 
 SMALL = {"image_size": 32, "patch_size": 8, "vocab_size": 40, "context_length": 12, "width": 32, "layers": 3, "vl_layers": 1,
          "heads": 2, "embed_dim": 24}
 
 
 def small_model(seed: int = 0, **overrides) -> Vlmo:
-    torch.manual_seed(seed)
-    model = Vlmo(VlmoConfig(**{**SMALL, **overrides})).eval()
-    with torch.no_grad():  # non-zero biases and type embeddings, so a term left out would show
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "token_type" in name:
-                p.normal_(std=0.3)
-    return model
+    return small_vl_model(Vlmo, VlmoConfig, SMALL, seed, **overrides)
 
 
 def inputs(batch: int = 3, length: int = 7, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, 3, 32, 32, generator=g)
-    tokens = torch.randint(5, 40, (batch, length), generator=g)
-    tokens[:, 0] = 1
-    tokens[1, 4:] = 0
-    return images, tokens
+    return vl_inputs(batch, length, seed)
 
 
 def perturb(module: torch.nn.Module) -> None:
