@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from coembed.data.synthetic.png import write_png
 from coembed.io import atomic_write_json, atomic_write_text
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "ring", "heart")
@@ -480,7 +481,7 @@ def render(scene: Scene, image_size: int, seed: int | list[int]) -> Image.Image:
     img = Image.fromarray(_background(rng, side))
     draw = ImageDraw.Draw(img)
     for obj in scene.objects:
-        fill = tuple(int(np.clip(c + rng.integers(-14, 15), 0, 255)) for c in COLORS[obj.color])
+        fill = tuple(min(255, max(0, c + int(rng.integers(-14, 15)))) for c in COLORS[obj.color])
         r = _radius(obj.size) * side * rng.uniform(*RADIUS_JITTER)
         draw_object(draw, obj.shape, obj.x * side, obj.y * side, r, fill)
     return img.reduce(SUPERSAMPLE)
@@ -497,7 +498,7 @@ def object_box(obj: dict[str, Any] | Obj, image_size: int) -> tuple[float, float
 
 def _render_job(job: tuple[Scene, int, list[int], str]) -> None:
     scene, size, seed, path = job
-    render(scene, size, seed).save(path, compress_level=1)
+    write_png(path, np.asarray(render(scene, size, seed)))
 
 
 # ----------------------------------------------------------------------------- generation
