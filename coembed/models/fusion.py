@@ -4,6 +4,9 @@ to the image tokens, and the heads of the three objectives (ITC, ITM, MLM).
 Reads top-down from the blocks to the model. The text side is split as in ALBEF (BERT's 6 + 6 layers):
 ``text`` holds the embeddings and the text-only layers (the unimodal encoder that ITC uses), ``fusion``
 the layers that add cross-attention to the image tokens (the multimodal encoder of ITM and MLM).
+``text`` is either trained from scratch (:class:`FusionTextConfig`) or, as ALBEF starts from BERT, a
+Hugging Face BERT-like folder (:class:`FusionHFTextConfig`, e.g. the MiniLM of ``albef-minilm``) with
+an adapter to the fusion width.
 Blocks are pre-LayerNorm (coembed's :class:`~coembed.layers.transformer.ResidualAttentionBlock`); padding
 keys are masked out, so a real token's state does not depend on the padding a batch carries.
 
@@ -25,6 +28,8 @@ from torch import nn
 from coembed.layers.attention import Attention
 from coembed.layers.mlp import Mlp
 from coembed.layers.transformer import Transformer, mlp_hidden
+from coembed.towers.bert import BertConfig, BertModel, load_bert_weights, read_bert_config
+from coembed.towers.hf_text import resolve_folder
 from coembed.towers.text_transformer import trim_padding
 from coembed.towers.vit import VisionConfig, VisionTransformer
 
@@ -64,13 +69,79 @@ class FusionTextConfig:
                 raise ValueError(f"text.{name} must be in [0, vocab_size={self.vocab_size}), got {getattr(self, name)}")
 
 
+# BERT WordPiece specials: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103 (MiniLM, BERT, BGE).
+BERT_MASK_ID = 103
+BERT_SPECIAL_IDS = (0, 100, 101, 102, 103)
+
+
+@dataclass(kw_only=True)
+class FusionHFTextConfig:
+    """A Hugging Face BERT-like encoder folder as the text-only encoder, then ``fusion_layers`` new blocks
+    with cross-attention (ALBEF initialises both halves from BERT-base; a 6-layer MiniLM gives the
+    text half). ``frozen`` locks the encoder (LiT); an adapter (linear + LayerNorm) maps its states to the
+    fusion ``width``, and ITC pools the adapted states (``pooling``: "mean" over real tokens, as
+    sentence-transformers, or "cls")."""
+
+    tower: str = "hf"
+    path: str = ""  # a folder with config.json + weights + tokenizer.json, or a packaged name (see towers.hf_text)
+    frozen: bool = True
+    pooling: str = "mean"
+    context_length: int = 64
+    bert: BertConfig | None = None  # read from ``path`` when not given
+    width: int = 128
+    heads: int = 2
+    fusion_layers: int = 2
+    mlp_ratio: float = 4.0
+    ln_eps: float = 1e-5
+    mask_id: int = BERT_MASK_ID
+    special_ids: tuple[int, ...] = BERT_SPECIAL_IDS  # never masked nor drawn by MLM
+
+    def __post_init__(self) -> None:
+        self.special_ids = tuple(int(i) for i in self.special_ids)
+        if self.tower != "hf":
+            raise ValueError(f"text.tower must be 'hf' for a Hugging Face text encoder, got {self.tower!r}")
+        if self.pooling not in ("mean", "cls"):
+            raise ValueError(f"text.pooling must be 'mean' or 'cls', got {self.pooling!r}")
+        if isinstance(self.bert, dict):
+            self.bert = BertConfig(**self.bert)
+        if self.bert is None:
+            if not self.path:
+                raise ValueError("a Hugging Face text encoder needs text.path (a local encoder folder)")
+            self.bert = read_bert_config(resolve_folder(self.path))
+        for name in ("width", "heads", "fusion_layers"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"text.{name} must be positive, got {getattr(self, name)}")
+        if self.width % self.heads:
+            raise ValueError(f"text.width ({self.width}) must be divisible by text.heads ({self.heads})")
+        if not 2 <= self.context_length <= self.bert.max_position_embeddings:
+            raise ValueError(f"text.context_length must be in [2, {self.bert.max_position_embeddings}], got {self.context_length}")
+        if not 0 <= self.mask_id < self.bert.vocab_size:
+            raise ValueError(f"text.mask_id must be in [0, vocab_size={self.bert.vocab_size}), got {self.mask_id}")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.bert.vocab_size
+
+    @property
+    def pad_id(self) -> int:
+        return self.bert.pad_token_id
+
+
+def _text_config(data: dict | FusionTextConfig | FusionHFTextConfig) -> FusionTextConfig | FusionHFTextConfig:
+    if not isinstance(data, dict):
+        return data
+    if data.get("tower") == "hf":
+        return FusionHFTextConfig(**data)
+    return FusionTextConfig(**data)
+
+
 @dataclass(kw_only=True)
 class FusionConfig:
     """An ALBEF-style fusion model: towers, shared ITC space, momentum and queue settings."""
 
     embed_dim: int = 128
     vision: VisionConfig = field(default_factory=VisionConfig)
-    text: FusionTextConfig = field(default_factory=FusionTextConfig)
+    text: FusionTextConfig | FusionHFTextConfig = field(default_factory=FusionTextConfig)
     init_temperature: float = 0.07  # ALBEF's initial ITC temperature (learned; logit multiplier <= 100)
     momentum: float = 0.995  # EMA coefficient of the momentum encoders
     queue_size: int = 4096  # momentum features kept as extra ITC candidates
@@ -80,8 +151,7 @@ class FusionConfig:
     def __post_init__(self) -> None:
         if isinstance(self.vision, dict):
             self.vision = VisionConfig(**self.vision)
-        if isinstance(self.text, dict):
-            self.text = FusionTextConfig(**self.text)
+        self.text = _text_config(self.text)
         if self.embed_dim <= 0:
             raise ValueError(f"embed_dim must be positive, got {self.embed_dim}")
         if not self.vision.class_token or self.vision.pool != "tok" or not self.vision.proj:
@@ -163,6 +233,71 @@ class TextEncoder(nn.Module):
         return self.ln_final(self.transformer(x, mask=_attn_mask(mask))), mask
 
 
+class HFTextEncoder(nn.Module):
+    """A Hugging Face BERT encoder (``transformer``, Hugging Face names) and an adapter to the fusion width:
+    the unimodal text encoder of :class:`FusionHFTextConfig`.
+
+    With ``frozen`` the encoder runs without gradients, and the states of the last token batch are
+    kept and reused when the same tensor comes again (the online and momentum ITC passes of one step
+    encode the same captions; frozen weights give the same states)."""
+
+    def __init__(self, cfg: FusionHFTextConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = BertModel(cfg.bert)
+        self.adapter = nn.Sequential(nn.Linear(cfg.bert.hidden_size, cfg.width), nn.LayerNorm(cfg.width, eps=cfg.ln_eps))
+        if cfg.frozen:
+            self.transformer.requires_grad_(False)
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.dtype | None] | None = None  # tokens, states, mask, autocast dtype
+
+    @property
+    def word_embeddings(self) -> torch.Tensor:
+        return self.transformer.embeddings.word_embeddings.weight
+
+    def encoder_states(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) ids -> BERT states (B, T', hidden) and mask (B, T'); padding-only columns trimmed."""
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape (batch, length), got {tuple(tokens.shape)}")
+        dtype = torch.get_autocast_dtype(tokens.device.type) if torch.is_autocast_enabled(tokens.device.type) else None
+        if self.cfg.frozen and self._last is not None and self._last[0] is tokens and self._last[3] == dtype:
+            return self._last[1], self._last[2]
+        trimmed = trim_padding(tokens, self.cfg.pad_id)
+        if trimmed.shape[1] > self.cfg.context_length:
+            raise ValueError(f"tokens have length {trimmed.shape[1]} > context_length {self.cfg.context_length}")
+        mask = padding_mask(trimmed, self.cfg.pad_id)
+        # A frozen encoder runs in float32 outside autocast: casting its 22 M weights to bf16 on every
+        # call cost more than the bf16 matmuls saved on CPU.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.frozen), \
+                torch.autocast(tokens.device.type, enabled=not self.cfg.frozen and dtype is not None):
+            states = self.transformer(trimmed, mask)
+        if self.cfg.frozen:
+            self._last = (tokens, states, mask, dtype)
+        return states, mask
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) ids -> adapted states (B, T', width) and mask (B, T')."""
+        states, mask = self.encoder_states(tokens)
+        return self.adapter(states), mask
+
+    def load_pretrained(self) -> None:
+        """The encoder's weights from ``cfg.path`` (the adapter keeps its init)."""
+        load_bert_weights(self.transformer, resolve_folder(self.cfg.path))
+
+
+class MomentumHFText(nn.Module):
+    """The momentum text encoder over a frozen Hugging Face encoder: the online model's encoder (shared,
+    not a registered submodule: it never changes, so its EMA is itself) and an EMA copy of the adapter."""
+
+    def __init__(self, online: HFTextEncoder) -> None:
+        super().__init__()
+        self._online = (online,)  # a tuple keeps it out of this module's parameters and state dict
+        self.adapter = _frozen_copy(online.adapter)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states, mask = self._online[0].encoder_states(tokens)
+        return self.adapter(states), mask
+
+
 class FusionEncoder(nn.Module):
     """The multimodal layers: text states cross-attending to image tokens."""
 
@@ -179,16 +314,18 @@ class FusionEncoder(nn.Module):
 
 
 class MlmHead(nn.Module):
-    """BERT's prediction head: dense + GELU + LayerNorm, then the decoder tied to the word embeddings."""
+    """BERT's prediction head: dense + GELU + LayerNorm, then the decoder tied to the word embeddings
+    (``dense`` maps the fusion width to the embeddings' width when the two differ)."""
 
-    def __init__(self, width: int, vocab_size: int, eps: float) -> None:
+    def __init__(self, width: int, vocab_size: int, eps: float, embedding_width: int | None = None) -> None:
         super().__init__()
-        self.dense = nn.Linear(width, width)
-        self.ln = nn.LayerNorm(width, eps=eps)
+        out = embedding_width or width
+        self.dense = nn.Linear(width, out)
+        self.ln = nn.LayerNorm(out, eps=eps)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def forward(self, x: torch.Tensor, word_embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, T, W) fused states -> (B, T, vocab) logits."""
+        """(..., W) fused states -> (..., vocab) logits."""
         return F.linear(self.ln(F.gelu(self.dense(x))), word_embeddings, self.bias)
 
 
@@ -210,16 +347,28 @@ class FusionModel(nn.Module):
         width = cfg.text.width
         self.visual = VisionTransformer(cfg.vision, cfg.embed_dim)
         self.image_to_text = nn.Linear(cfg.vision.width, width) if cfg.vision.width != width else nn.Identity()
-        self.text = TextEncoder(cfg.text)
+        hf = isinstance(cfg.text, FusionHFTextConfig)
+        self.text = HFTextEncoder(cfg.text) if hf else TextEncoder(cfg.text)
         self.fusion = FusionEncoder(cfg.text)
         self.text_proj = nn.Linear(width, cfg.embed_dim)
         self.itm_head = nn.Linear(width, 2)
-        self.mlm_head = MlmHead(width, cfg.text.vocab_size, cfg.text.ln_eps)
+        self.mlm_head = MlmHead(width, cfg.text.vocab_size, cfg.text.ln_eps, self.word_embeddings().shape[1])
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
         self.visual_m = _frozen_copy(self.visual)
-        self.text_m = _frozen_copy(self.text)
+        self.text_m = MomentumHFText(self.text) if hf and cfg.text.frozen else _frozen_copy(self.text)
         self.text_proj_m = _frozen_copy(self.text_proj)
         self._build_queues(cfg.queue_size, cfg.embed_dim)
+
+    def word_embeddings(self) -> torch.Tensor:
+        """(vocab, embedding width) input word embeddings, which the MLM decoder is tied to."""
+        return self.text.word_embeddings if isinstance(self.text, HFTextEncoder) else self.text.token_embedding.weight
+
+    def load_pretrained(self) -> None:
+        """Start a Hugging Face text encoder from its folder's weights (and its momentum copy with them)."""
+        if isinstance(self.text, HFTextEncoder):
+            self.text.load_pretrained()
+            if not isinstance(self.text_m, MomentumHFText):
+                self.text_m.load_state_dict(self.text.state_dict())
 
     def _build_queues(self, size: int, dim: int) -> None:
         self.register_buffer("image_queue", torch.zeros(size, dim))
@@ -243,9 +392,17 @@ class FusionModel(nn.Module):
         tokens (trailing all-padding columns are trimmed)."""
         return self.text(tokens)
 
+    def pool_text(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Text states (B, T, W) -> (B, W) ITC input: the first ([CLS]/start) token, or with a Hugging
+        Face encoder of ``pooling`` "mean" the mean over real tokens."""
+        if getattr(self.text_cfg, "pooling", "cls") == "mean":
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return hidden[:, 0]
+
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """(B, T) ids -> (B, embed_dim) ITC text embeddings, from the first ([CLS]/start) token."""
-        x = self.text_proj(self.encode_text_tokens(tokens)[0][:, 0])
+        """(B, T) ids -> (B, embed_dim) ITC text embeddings (pooled as :meth:`pool_text`)."""
+        x = self.text_proj(self.pool_text(*self.encode_text_tokens(tokens)))
         return F.normalize(x, dim=-1) if normalize else x
 
     def temperature(self) -> torch.Tensor:
@@ -267,8 +424,8 @@ class FusionModel(nn.Module):
         return self.itm_head(fused[:, 0])
 
     def mlm_logits(self, fused: torch.Tensor) -> torch.Tensor:
-        """(B, T, W) fused states -> (B, T, vocab) masked-token logits."""
-        return self.mlm_head(fused, self.text.token_embedding.weight)
+        """(..., W) fused states -> (..., vocab) masked-token logits."""
+        return self.mlm_head(fused, self.word_embeddings())
 
     def itm_logits(self, images: torch.Tensor, tokens: torch.Tensor, *,
                    return_cross_attention: bool = False) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
@@ -289,7 +446,8 @@ class FusionModel(nn.Module):
 
     # -- momentum model and queues ----------------------------------------------------------
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        return [(self.visual, self.visual_m), (self.text, self.text_m), (self.text_proj, self.text_proj_m)]
+        text = (self.text.adapter, self.text_m.adapter) if isinstance(self.text_m, MomentumHFText) else (self.text, self.text_m)
+        return [(self.visual, self.visual_m), text, (self.text_proj, self.text_proj_m)]
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -303,7 +461,7 @@ class FusionModel(nn.Module):
     def momentum_features(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised ITC embeddings (B, embed_dim) of the momentum encoders."""
         image = self.visual_m(images)
-        text = self.text_proj_m(self.text_m(tokens)[0][:, 0])
+        text = self.text_proj_m(self.pool_text(*self.text_m(tokens)))
         return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
 
     def queue(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from coembed.losses.matching import itc_distill_loss, itm_loss, mask_tokens, mlm_loss, sample_itm_negatives
+from coembed.losses.matching import IGNORE_INDEX, itc_distill_loss, itm_loss, mask_tokens, mlm_loss, sample_itm_negatives
 from coembed.models.fusion import FusionModel
 from coembed.objectives import FusionBatch
 
@@ -38,7 +38,7 @@ def compute_losses(model: FusionModel, batch: FusionBatch, *, progress: float, w
     image_tokens = model.image_tokens(batch.images)  # (B, N, vision width)
     hidden, mask = model.encode_text_tokens(batch.tokens)  # (B, T, width), (B, T)
     losses: dict[str, torch.Tensor] = {}
-    sims = _itc(model, batch, image_tokens, hidden, ids, progress, losses)
+    sims = _itc(model, batch, image_tokens, hidden, mask, ids, progress, losses)
     if weights.get("itm", 1.0) != 0:
         losses["itm"] = _itm(model, batch, image_tokens, hidden, mask, sims, ids, generator)
     if weights.get("mlm", 1.0) != 0:
@@ -46,11 +46,11 @@ def compute_losses(model: FusionModel, batch: FusionBatch, *, progress: float, w
     return losses
 
 
-def _itc(model: FusionModel, batch: FusionBatch, image_tokens: torch.Tensor, hidden: torch.Tensor, ids: torch.Tensor,
-         progress: float, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _itc(model: FusionModel, batch: FusionBatch, image_tokens: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor,
+         ids: torch.Tensor, progress: float, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Adds ``losses["itc"]``, pushes the momentum features into the queues, returns the similarities."""
     image_emb = F.normalize(model.visual.forward_head(image_tokens), dim=-1)
-    text_emb = F.normalize(model.text_proj(hidden[:, 0]), dim=-1)
+    text_emb = F.normalize(model.text_proj(model.pool_text(hidden, mask)), dim=-1)
     model.momentum_update()
     image_m, text_m = model.momentum_features(batch.images, batch.tokens)
     image_q, text_q, ids_q = model.queue()
@@ -95,5 +95,7 @@ def _mlm(model: FusionModel, tokens: torch.Tensor, image_tokens: torch.Tensor, g
     inputs, labels = mask_tokens(tokens, mask_id=cfg.mask_id, vocab_size=cfg.vocab_size, special_ids=cfg.special_ids,
                                  generator=generator)
     hidden, mask = model.encode_text_tokens(inputs)
-    logits = model.mlm_logits(model.fuse(hidden, mask, image_tokens))  # (B, T', vocab)
-    return mlm_loss(logits, labels[:, : logits.shape[1]])
+    fused = model.fuse(hidden, mask, image_tokens)  # (B, T', W)
+    labels = labels[:, : fused.shape[1]]
+    chosen = labels != IGNORE_INDEX  # the vocabulary projection only where a token is predicted
+    return mlm_loss(model.mlm_logits(fused[chosen])[None], labels[chosen][None])  # (1, K, vocab), (1, K)

@@ -30,6 +30,7 @@ from coembed.eval.retrieval import retrieval_metrics
 from coembed.eval.suite import zeroshot_task
 from coembed.loading import Loaded, checkpoint_config, default_preprocess, load, tokenizer_section
 from coembed.losses.contrastive import clip_loss
+from coembed.models.fusion import FusionHFTextConfig
 from coembed.objectives import FusionBatch
 from coembed.presets import apply_overrides, get_preset, has_setting, new_model
 from coembed.tokenizer import Tokenizer
@@ -102,8 +103,11 @@ def _new_model(cfg: TrainConfig, samples: list) -> tuple[torch.nn.Module, Tokeni
     """A fresh model and its tokenizer: a BPE vocabulary trained on the captions, or a Hugging Face
     text tower's own tokenizer (and pretrained weights)."""
     model_cfg = apply_overrides(get_preset(cfg.preset), cfg.model)
-    if isinstance(getattr(model_cfg, "text", None), HFTextConfig):
-        return new_model(model_cfg), read_tokenizer(model_cfg.text)
+    if isinstance(getattr(model_cfg, "text", None), (HFTextConfig, FusionHFTextConfig)):
+        tokenizer = read_tokenizer(model_cfg.text)
+        if isinstance(model_cfg.text, FusionHFTextConfig):
+            _check_mlm_ids(model_cfg.text, tokenizer)
+        return new_model(model_cfg), tokenizer
     tokenizer = Tokenizer.train((c for s in samples for c in s.captions), vocab_size=cfg.vocab_size)
     ids = {"text.vocab_size": tokenizer.vocab_size, "text.pad_id": tokenizer.pad_id, "text.eot_id": tokenizer.eot_id,
            "text.mask_id": tokenizer.mask_id}
@@ -111,6 +115,14 @@ def _new_model(cfg: TrainConfig, samples: list) -> tuple[torch.nn.Module, Tokeni
     named = {name: v for k, v in ids.items() for name in (k, k.removeprefix("text.")) if has_setting(model_cfg, name)}
     overrides = {**named, **cfg.model}
     return new_model(apply_overrides(get_preset(cfg.preset), overrides)), tokenizer
+
+
+def _check_mlm_ids(text: FusionHFTextConfig, tokenizer) -> None:
+    """The MLM mask and special ids of the config must be the tokenizer's own."""
+    mask = tokenizer.token_id("[MASK]")
+    if mask != text.mask_id:
+        raise ConfigError(f"text.mask_id is {text.mask_id} but {text.path}'s tokenizer has [MASK] = {mask}; set text.mask_id "
+                          "and text.special_ids to its ids")
 
 
 def _check_resume_compatible(cfg: TrainConfig, saved: dict) -> None:

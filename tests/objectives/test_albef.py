@@ -99,3 +99,20 @@ def test_second_step_uses_the_queue() -> None:
     finally:
         albef.itc_distill_loss = real
     assert seen == [(0, []), (4, [0, 1, 2, 0])]
+
+
+def test_mlm_term_equals_the_loss_over_every_positions_logits() -> None:
+    """The objective projects only the masked positions onto the vocabulary; the loss must equal
+    :func:`mlm_loss` over the full (B, T, vocab) logits of the same masked captions."""
+    from coembed.losses.matching import mask_tokens, mlm_loss
+
+    model, data = tiny().eval(), batch()
+    cfg = model.cfg.text
+    got = albef.compute_losses(model, data, progress=0.0, weights={"itm": 0}, generator=torch.Generator().manual_seed(5))["mlm"]
+    g = torch.Generator().manual_seed(5)
+    # compute_losses draws nothing from the generator before the MLM masks when ITM is skipped
+    inputs, labels = mask_tokens(data.tokens, mask_id=cfg.mask_id, vocab_size=cfg.vocab_size, special_ids=cfg.special_ids, generator=g)
+    with torch.no_grad():
+        hidden, mask = model.encode_text_tokens(inputs)
+        logits = model.mlm_logits(model.fuse(hidden, mask, model.image_tokens(data.images)))
+    torch.testing.assert_close(got.detach(), mlm_loss(logits, labels[:, : logits.shape[1]]), atol=1e-5, rtol=1e-5)
