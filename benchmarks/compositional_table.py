@@ -50,7 +50,7 @@ def budget(run: Path) -> dict:
         out.update(preset=cfg.get("preset"), batch_size=cfg.get("batch_size"), hard_negatives=cfg.get("hard_negatives"))
     state = run / "checkpoint" / "train_state.json"
     if state.is_file():
-        out["steps"] = json.loads(state.read_text()).get("step")
+        out["steps"] = json.loads(state.read_text())["progress"]["step"]
     if out.get("steps") and out.get("batch_size"):
         out["samples"] = out["steps"] * out["batch_size"]
     log = run / "train.log"
@@ -78,7 +78,7 @@ def evaluate_run(path: Path, data: Path) -> dict:
     scores = (["itm"] if has_itm(loaded.model) else []) + (["cosine"] if dual else [])
     samples, _ = read_samples(root)
     feats = embed_split(loaded.model, loaded.tokenizer, root, samples, loaded.preprocess) if dual else SimpleNamespace(samples=samples)
-    result: dict = {"checkpoint": str(folder), "family": json.loads((folder / "config.json").read_text()).get("family", "dual_encoder"),
+    result: dict = {"checkpoint": str(folder), "family": json.loads((folder / "config.json").read_text())["model"].get("family", "dual_encoder"),
                     "budget": budget(path), "scores": {}}
     for score in scores:
         name = "itc" if score == "cosine" else score

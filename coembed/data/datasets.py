@@ -271,11 +271,13 @@ class ImageTextDataset(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, samples: Sequence[Sample], transform: ImageTransform, *,
-                 caption_mode: str = "random", seed: int = 0, with_negatives: bool = False) -> None:
+                 caption_mode: str = "random", seed: int = 0, with_negatives: bool = False,
+                 negative_types: Sequence[str] | None = None) -> None:
         if caption_mode not in ("random", "first"):
             raise ValueError(f"caption_mode must be 'random' or 'first', got {caption_mode!r}")
         self.root, self.samples, self.transform = Path(root), list(samples), transform
         self.with_negatives = with_negatives
+        self.negative_types = set(negative_types) if negative_types else None
         self.caption_mode, self.seed, self.epoch = caption_mode, seed, 0
 
         self._cache: torch.Tensor | None = None  # (N, S, S, 3) uint8 after preload()
@@ -313,10 +315,18 @@ class ImageTextDataset(Dataset):
         return captions[rng.randrange(len(captions))]
 
     def negative(self, index: int) -> str | None:
-        """A hard-negative caption from the sample's ``negatives`` metadata (seeded like :meth:`caption`)."""
-        negatives = self.samples[index].meta.get("negatives")
+        """A hard-negative caption from the sample's ``negatives`` metadata (seeded like :meth:`caption`).
+
+        With ``negative_types``, drawn among the negatives whose ``negative_types`` entry is one of them
+        (a sample that has none of those kinds draws among all of its negatives)."""
+        meta = self.samples[index].meta
+        negatives = meta.get("negatives")
         if not isinstance(negatives, list):
             return None
+        types = meta.get("negative_types")
+        if self.negative_types and isinstance(types, list) and len(types) == len(negatives):
+            chosen = [n for n, t in zip(negatives, types) if t in self.negative_types]
+            negatives = chosen or negatives
         negatives = [n for n in negatives if isinstance(n, str) and n.strip()]
         if not negatives:
             return None

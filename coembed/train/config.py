@@ -27,6 +27,7 @@ class TrainConfig:
     loss: str = "clip"  # the dual encoder's objective; fusion families use their own (coembed.objectives)
     loss_weights: dict[str, float] = field(default_factory=dict)  # fusion families: weight per loss term (1 when absent)
     hard_negatives: bool = False  # NegCLIP: add each sample's manifest "negatives" captions to the softmax
+    negative_types: list[str] | None = None  # draw hard negatives of these manifest "negative_types" only (all when null)
     captions_per_image: int | None = None  # train on the first k captions of each image (all when null)
     batch_size: int = 128
     epochs: float = 1.0
@@ -98,6 +99,13 @@ class TrainConfig:
         for name in ("progress", "cache_images", "hard_negatives"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.negative_types, str):
+            self.negative_types = [t.strip() for t in self.negative_types.split(",") if t.strip()]
+        if self.negative_types is not None and not (isinstance(self.negative_types, (list, tuple)) and self.negative_types
+                                                    and all(isinstance(t, str) for t in self.negative_types)):
+            raise ValueError(f"negative_types must be a non-empty list of names (or null), got {self.negative_types!r}")
+        if self.negative_types is not None:
+            self.negative_types = list(self.negative_types)
         if not isinstance(self.model, dict):
             raise ValueError(f"model must be a mapping of model settings, got {self.model!r}")
         if not isinstance(self.loss_weights, dict):

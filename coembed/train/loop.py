@@ -43,7 +43,7 @@ from coembed.train.step import StepResult, train_step
 from coembed.train.text_cache import CACHE_FILE, TextFeatureCache, load_or_build
 
 # Settings a resumed run must share with the run it continues (others, like log_every, may change).
-RESUME_INVARIANTS = ("data", "preset", "model", "loss", "hard_negatives", "batch_size", "epochs", "max_steps", "lr", "weight_decay",
+RESUME_INVARIANTS = ("data", "preset", "model", "loss", "hard_negatives", "negative_types", "batch_size", "epochs", "max_steps", "lr", "weight_decay",
                      "warmup_steps", "seed", "precision", "captions_per_image", "loss_weights")
 
 
@@ -160,7 +160,7 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
         progress, saved_cfg = load_run_state(resolve(out / CHECKPOINT_DIR), optimizer)
         _check_resume_compatible(cfg, saved_cfg)
     dataset = ImageTextDataset(train_dir, samples, default_preprocess(model), caption_mode="random", seed=cfg.seed,
-                               with_negatives=cfg.hard_negatives)
+                               with_negatives=cfg.hard_negatives, negative_types=cfg.negative_types)
     if cfg.cache_images:
         dataset.preload()
     steps_per_epoch = len(samples) // cfg.batch_size

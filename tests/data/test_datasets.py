@@ -215,3 +215,17 @@ def test_hard_negative_captions(folder) -> None:
     batch = collate_image_text([ds[i] for i in range(6)])
     assert batch.negatives == [ds.negative(0)] and len(batch.captions) == 5
     assert collate_image_text([ImageTextDataset(root, samples, TRANSFORM)[0]]).negatives == []
+
+
+def test_negative_types_restrict_the_draw_and_fall_back_to_all(folder) -> None:
+    root, samples = folder
+    samples[0].meta.update(negatives=["rep a", "swap b", "rep c", "rel d"],
+                           negative_types=["replace_attribute", "swap_attributes", "replace_attribute", "swap_relation"])
+    samples[1].meta.update(negatives=["rep e"], negative_types=["replace_attribute"])
+    ds = ImageTextDataset(root, samples, TRANSFORM, seed=1, with_negatives=True, negative_types=["swap_attributes", "swap_relation"])
+    picks = set()
+    for epoch in range(30):
+        ds.set_epoch(epoch)
+        picks.add(ds.negative(0))
+        assert ds.negative(1) == "rep e"  # none of the asked kinds: any negative
+    assert picks == {"swap b", "rel d"}

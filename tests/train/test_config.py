@@ -196,3 +196,11 @@ def test_loss_weights_from_file_and_set(tmp_path: Path) -> None:
 def test_invalid_loss_weights_name_the_term(item: str, shown: str) -> None:
     with pytest.raises(ConfigError, match=shown):
         build_train_config(dict(BASE), None, [item])
+
+
+def test_negative_types_accept_a_list_or_a_comma_string_and_name_bad_values() -> None:
+    assert TrainConfig(data="d", out="o", negative_types="swap_attributes, swap_relation").negative_types == ["swap_attributes", "swap_relation"]
+    assert TrainConfig(data="d", out="o", negative_types=["swap_relation"]).negative_types == ["swap_relation"]
+    for bad in ([], [3], 7):
+        with pytest.raises(ValueError, match="negative_types"):
+            TrainConfig(data="d", out="o", negative_types=bad)
