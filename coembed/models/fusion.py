@@ -450,6 +450,13 @@ class FusionModel(nn.Module):
         return [(self.visual, self.visual_m), text, (self.text_proj, self.text_proj_m)]
 
     @torch.no_grad()
+    def sync_momentum(self) -> None:
+        """Set every momentum parameter to its online value (after loading weights into a fresh model)."""
+        for online, ema in self.momentum_pairs():
+            for p, p_m in zip(online.parameters(), ema.parameters()):
+                p_m.copy_(p)
+
+    @torch.no_grad()
     def momentum_update(self) -> None:
         """``p_m = m * p_m + (1 - m) * p`` for every momentum parameter (ALBEF's ``_momentum_update``)."""
         m = self.cfg.momentum

@@ -27,6 +27,8 @@ class TrainConfig:
     loss: str = "clip"  # the dual encoder's objective; fusion families use their own (coembed.objectives)
     loss_weights: dict[str, float] = field(default_factory=dict)  # fusion families: weight per loss term (1 when absent)
     hard_negatives: bool = False  # NegCLIP: add each sample's manifest "negatives" captions to the softmax
+    init_from: str | None = None  # a checkpoint or run folder whose matching weights start a new run (coembed.train.warm_start)
+    init_prefixes: list[str] | None = None  # copy only tensors under these name prefixes, e.g. ["visual."] (all when null)
     negative_types: list[str] | None = None  # draw hard negatives of these manifest "negative_types" only (all when null)
     captions_per_image: int | None = None  # train on the first k captions of each image (all when null)
     batch_size: int = 128
@@ -99,6 +101,15 @@ class TrainConfig:
         for name in ("progress", "cache_images", "hard_negatives"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.init_from is not None and not isinstance(self.init_from, str):
+            raise ValueError(f"init_from must be a checkpoint or run folder path, got {self.init_from!r}")
+        if isinstance(self.init_prefixes, str):
+            self.init_prefixes = [t.strip() for t in self.init_prefixes.split(",") if t.strip()]
+        if self.init_prefixes is not None and not (isinstance(self.init_prefixes, (list, tuple)) and self.init_prefixes
+                                                   and all(isinstance(t, str) for t in self.init_prefixes)):
+            raise ValueError(f"init_prefixes must be a non-empty list of name prefixes (or null), got {self.init_prefixes!r}")
+        if self.init_prefixes is not None:
+            self.init_prefixes = list(self.init_prefixes)
         if isinstance(self.negative_types, str):
             self.negative_types = [t.strip() for t in self.negative_types.split(",") if t.strip()]
         if self.negative_types is not None and not (isinstance(self.negative_types, (list, tuple)) and self.negative_types

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -41,9 +42,10 @@ from coembed.train.state import Progress, load_run_state, save_run_checkpoint
 from coembed.train.fusion_step import fusion_train_step, objective_module
 from coembed.train.step import StepResult, train_step
 from coembed.train.text_cache import CACHE_FILE, TextFeatureCache, load_or_build
+from coembed.train.warm_start import warm_start
 
 # Settings a resumed run must share with the run it continues (others, like log_every, may change).
-RESUME_INVARIANTS = ("data", "preset", "model", "loss", "hard_negatives", "negative_types", "batch_size", "epochs", "max_steps", "lr", "weight_decay",
+RESUME_INVARIANTS = ("data", "preset", "model", "init_from", "init_prefixes", "loss", "hard_negatives", "negative_types", "batch_size", "epochs", "max_steps", "lr", "weight_decay",
                      "warmup_steps", "seed", "precision", "captions_per_image", "loss_weights")
 
 
@@ -149,6 +151,8 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
         model, _, tokenizer = load(resolve(out / CHECKPOINT_DIR))
     else:
         model, tokenizer = _new_model(cfg, samples)
+        if cfg.init_from:
+            print(warm_start(model, cfg.init_from, cfg.init_prefixes).summary(), file=sys.stderr, flush=True)
     if cfg.hard_negatives and not any(s.meta.get("negatives") for s in samples):
         raise ConfigError(f"hard_negatives is on but no training sample in {train_dir} has a 'negatives' list of false captions")
     if cfg.loss == "siglip" and getattr(model, "logit_bias", None) is None:
