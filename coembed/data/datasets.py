@@ -314,20 +314,24 @@ class ImageTextDataset(Dataset):
         rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
         return captions[rng.randrange(len(captions))]
 
-    def negative(self, index: int) -> str | None:
-        """A hard-negative caption from the sample's ``negatives`` metadata (seeded like :meth:`caption`).
+    def candidate_negatives(self, index: int) -> list[str]:
+        """The usable hard-negative captions of sample ``index`` that :meth:`negative` draws from.
 
-        With ``negative_types``, drawn among the negatives whose ``negative_types`` entry is one of them
-        (a sample that has none of those kinds draws among all of its negatives)."""
+        With ``negative_types``, those whose ``negative_types`` entry is one of them (a sample that has
+        none of those kinds keeps all of its negatives)."""
         meta = self.samples[index].meta
         negatives = meta.get("negatives")
         if not isinstance(negatives, list):
-            return None
+            return []
         types = meta.get("negative_types")
         if self.negative_types and isinstance(types, list) and len(types) == len(negatives):
             chosen = [n for n, t in zip(negatives, types) if t in self.negative_types]
             negatives = chosen or negatives
-        negatives = [n for n in negatives if isinstance(n, str) and n.strip()]
+        return [n for n in negatives if isinstance(n, str) and n.strip()]
+
+    def negative(self, index: int) -> str | None:
+        """A hard-negative caption from :meth:`candidate_negatives` (seeded like :meth:`caption`)."""
+        negatives = self.candidate_negatives(index)
         if not negatives:
             return None
         rng = random.Random(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) * 7 + 1)

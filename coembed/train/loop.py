@@ -350,7 +350,7 @@ def _text_cache(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog) -> Text
     samples = run.dataset.samples
     captions = [c for s in samples for c in s.captions]
     if cfg.hard_negatives:
-        captions += [n for s in samples for n in (s.meta.get("negatives") or []) if isinstance(n, str) and n.strip()]
+        captions += [n for i in range(len(samples)) for n in run.dataset.candidate_negatives(i)]
     bars = []
 
     def progress(total: int):
