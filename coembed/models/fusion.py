@@ -28,8 +28,8 @@ from torch import nn
 from coembed.layers.attention import Attention
 from coembed.layers.mlp import Mlp
 from coembed.layers.transformer import Transformer, mlp_hidden
-from coembed.towers.bert import BertConfig, BertModel, load_bert_weights, read_bert_config
-from coembed.towers.hf_text import resolve_folder
+from coembed.towers.bert import BertConfig, BertModel, load_bert_weights
+from coembed.towers.hf_text import bert_config, mean_pool, resolve_folder
 from coembed.towers.text_transformer import trim_padding
 from coembed.towers.vit import VisionConfig, VisionTransformer
 
@@ -102,12 +102,7 @@ class FusionHFTextConfig:
             raise ValueError(f"text.tower must be 'hf' for a Hugging Face text encoder, got {self.tower!r}")
         if self.pooling not in ("mean", "cls"):
             raise ValueError(f"text.pooling must be 'mean' or 'cls', got {self.pooling!r}")
-        if isinstance(self.bert, dict):
-            self.bert = BertConfig(**self.bert)
-        if self.bert is None:
-            if not self.path:
-                raise ValueError("a Hugging Face text encoder needs text.path (a local encoder folder)")
-            self.bert = read_bert_config(resolve_folder(self.path))
+        self.bert = bert_config(self.bert, self.path)
         for name in ("width", "heads", "fusion_layers"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"text.{name} must be positive, got {getattr(self, name)}")
@@ -395,10 +390,7 @@ class FusionModel(nn.Module):
     def pool_text(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Text states (B, T, W) -> (B, W) ITC input: the first ([CLS]/start) token, or with a Hugging
         Face encoder of ``pooling`` "mean" the mean over real tokens."""
-        if getattr(self.text_cfg, "pooling", "cls") == "mean":
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        return hidden[:, 0]
+        return mean_pool(hidden, mask) if getattr(self.text_cfg, "pooling", "cls") == "mean" else hidden[:, 0]
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """(B, T) ids -> (B, embed_dim) ITC text embeddings (pooled as :meth:`pool_text`)."""

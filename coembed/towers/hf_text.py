@@ -49,12 +49,7 @@ class HFTextConfig:
             raise ValueError(f"text.tower must be 'hf' for a Hugging Face text config, got {self.tower!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"text.pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if isinstance(self.bert, dict):
-            self.bert = BertConfig(**self.bert)
-        if self.bert is None:
-            if not self.path:
-                raise ValueError("a Hugging Face text tower needs text.path (a local encoder folder)")
-            self.bert = read_bert_config(resolve_folder(self.path))
+        self.bert = bert_config(self.bert, self.path)
         if self.pooling == "pooler" and not self.bert.pooler:
             raise ValueError("text.pooling 'pooler' needs an encoder with a pooler layer, and this one has none")
         if not 2 <= self.context_length <= self.bert.max_position_embeddings:
@@ -79,6 +74,18 @@ def resolve_folder(path: str) -> Path:
     if not folder.is_dir():
         raise ConfigError(f"text tower folder {folder} does not exist (text.path must be a Hugging Face encoder folder)")
     return folder
+
+
+def bert_config(bert: BertConfig | dict | None, path: str) -> BertConfig:
+    """A text config's ``bert`` section: as given (a dict from ``config.json`` or a BertConfig), else read
+    from the encoder folder ``path``."""
+    if isinstance(bert, dict):
+        return BertConfig(**bert)
+    if bert is not None:
+        return bert
+    if not path:
+        raise ValueError("a Hugging Face text tower needs text.path (a local encoder folder)")
+    return read_bert_config(resolve_folder(path))
 
 
 def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -103,20 +103,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.init_from is not None and not isinstance(self.init_from, str):
             raise ValueError(f"init_from must be a checkpoint or run folder path, got {self.init_from!r}")
-        if isinstance(self.init_prefixes, str):
-            self.init_prefixes = [t.strip() for t in self.init_prefixes.split(",") if t.strip()]
-        if self.init_prefixes is not None and not (isinstance(self.init_prefixes, (list, tuple)) and self.init_prefixes
-                                                   and all(isinstance(t, str) for t in self.init_prefixes)):
-            raise ValueError(f"init_prefixes must be a non-empty list of name prefixes (or null), got {self.init_prefixes!r}")
-        if self.init_prefixes is not None:
-            self.init_prefixes = list(self.init_prefixes)
-        if isinstance(self.negative_types, str):
-            self.negative_types = [t.strip() for t in self.negative_types.split(",") if t.strip()]
-        if self.negative_types is not None and not (isinstance(self.negative_types, (list, tuple)) and self.negative_types
-                                                    and all(isinstance(t, str) for t in self.negative_types)):
-            raise ValueError(f"negative_types must be a non-empty list of names (or null), got {self.negative_types!r}")
-        if self.negative_types is not None:
-            self.negative_types = list(self.negative_types)
+        self.init_prefixes = _name_list("init_prefixes", self.init_prefixes, "name prefixes")
+        self.negative_types = _name_list("negative_types", self.negative_types, "names")
         if not isinstance(self.model, dict):
             raise ValueError(f"model must be a mapping of model settings, got {self.model!r}")
         if not isinstance(self.loss_weights, dict):
@@ -128,6 +116,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _name_list(field_name: str, value: Any, what: str) -> list[str] | None:
+    """A list-of-strings setting: null, a list, or a comma-separated string (as ``--set`` gives it)."""
+    if isinstance(value, str):
+        value = [t.strip() for t in value.split(",") if t.strip()]
+    if value is None:
+        return None
+    if not (isinstance(value, (list, tuple)) and value and all(isinstance(t, str) for t in value)):
+        raise ValueError(f"{field_name} must be a non-empty list of {what} (or null), got {value!r}")
+    return list(value)
 
 
 _STR_FIELDS = ("data", "out", "preset", "loss", "precision", "attention_kernel")
