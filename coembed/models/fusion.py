@@ -142,6 +142,9 @@ class FusionConfig:
     queue_size: int = 4096  # momentum features kept as extra ITC candidates
     alpha: float = 0.4  # weight of the momentum-distillation targets once ramped up
     alpha_ramp: float = 1.0  # share of training (``progress``) over which alpha ramps linearly from 0
+    # A learned position embedding added to the image tokens the fusion layers attend to (as DETR adds
+    # positions to the keys of its cross-attention), zero at init: a warm-started model is unchanged.
+    fusion_image_positions: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.vision, dict):
@@ -342,6 +345,8 @@ class FusionModel(nn.Module):
         width = cfg.text.width
         self.visual = VisionTransformer(cfg.vision, cfg.embed_dim)
         self.image_to_text = nn.Linear(cfg.vision.width, width) if cfg.vision.width != width else nn.Identity()
+        tokens = 1 + cfg.vision.grid_size**2  # the class token and the patches
+        self.fusion_position_embedding = nn.Parameter(torch.zeros(tokens, width)) if cfg.fusion_image_positions else None
         hf = isinstance(cfg.text, FusionHFTextConfig)
         self.text = HFTextEncoder(cfg.text) if hf else TextEncoder(cfg.text)
         self.fusion = FusionEncoder(cfg.text)
@@ -409,7 +414,10 @@ class FusionModel(nn.Module):
         if text_hidden.shape[0] != image_tokens.shape[0]:
             raise ValueError(f"text_hidden and image_tokens must have the same batch size, got "
                              f"{text_hidden.shape[0]} and {image_tokens.shape[0]}")
-        return self.fusion(text_hidden, text_mask, self.image_to_text(image_tokens), probs)
+        image = self.image_to_text(image_tokens)
+        if self.fusion_position_embedding is not None:
+            image = image + self.fusion_position_embedding.to(image.dtype)
+        return self.fusion(text_hidden, text_mask, image, probs)
 
     def itm_head_logits(self, fused: torch.Tensor) -> torch.Tensor:
         """(B, T, W) fused states -> (B, 2) not-matched / matched logits from the first token."""

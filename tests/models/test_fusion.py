@@ -84,6 +84,23 @@ def test_cross_attention_maps_are_returned_in_the_graph() -> None:
     assert all(g.abs().sum() > 0 for g in grads)
 
 
+def test_fusion_image_positions_start_at_zero_and_add_to_every_attended_token() -> None:
+    plain, positioned = tiny(), tiny(fusion_image_positions=True)
+    missing = positioned.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["fusion_position_embedding"]  # the only new tensor, so a warm start keeps the rest
+    images, ids = torch.randn(2, 3, 32, 32), tokens(2)
+    torch.testing.assert_close(positioned.itm_logits(images, ids), plain.itm_logits(images, ids))  # zero at init
+    with torch.no_grad():
+        positioned.fusion_position_embedding.normal_()
+    hidden, mask = plain.encode_text_tokens(ids)
+    image = plain.image_tokens(images)
+    naive = plain.fusion(hidden, mask, image + positioned.fusion_position_embedding)  # the addition, by hand
+    torch.testing.assert_close(positioned.fuse(hidden, mask, image), naive)
+    positioned.itm_logits(images, ids)[:, 1].sum().backward()
+    assert positioned.fusion_position_embedding.grad.abs().sum() > 0
+    assert "fusion_position_embedding" in positioned.no_weight_decay()
+
+
 def test_encoders_have_the_dual_encoder_interface() -> None:
     model = tiny()
     img = model.encode_image(torch.randn(2, 3, 32, 32), normalize=True)
