@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 
 from coembed.data.synthetic.shapes import object_box
-from coembed.eval.explain import ExplainConfig, GradCamConfig, OcclusionConfig, context_length, explain_texts, pick_method
+from coembed.eval.explain import ExplainConfig, GradCamConfig, OcclusionConfig, explain_texts, pick_method
 from coembed.io import atomic_write_json
 from coembed.loading import load
+from coembed.models.families import context_length
 from coembed.transforms import load_image
 
 BAR = 0.80

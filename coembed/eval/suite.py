@@ -31,6 +31,7 @@ from coembed.eval.retrieval import retrieval_metrics
 from coembed.eval.zeroshot import class_embeddings, zeroshot_classify, zeroshot_metrics
 from coembed.io import read_jsonl
 from coembed.loading import Loaded
+from coembed.models.families import context_length
 
 DEFAULT_TEMPLATES = {"shape": ["a {}", "a photo of a {}"], "color": ["a {} object", "something {}"]}
 PROBE_MAX_TRAIN = 3000  # single-object training images for the probe; more costs time, not accuracy here
@@ -98,7 +99,7 @@ def linear_probe_task(loaded: Loaded, data: Path, feats: SplitFeatures, meta: di
 def _scorer(loaded: Loaded, root: Path, relpaths: list[str], texts: list[str], score: str) -> tuple[PairScoreFn, list[int]]:
     """Pair scores over these images (rows of ``relpaths`` that loaded, returned too) and texts."""
     images, kept, _ = load_images(root, relpaths, loaded.preprocess)
-    tokens = loaded.tokenizer(texts, context_length=loaded.model.text_cfg.context_length)
+    tokens = loaded.tokenizer(texts, context_length=context_length(loaded.model))
     return pair_scorer(loaded.model, images, tokens, score), kept
 
 

@@ -31,6 +31,7 @@ from coembed.eval.retrieval import retrieval_metrics
 from coembed.eval.suite import zeroshot_task
 from coembed.loading import Loaded, checkpoint_config, default_preprocess, load, tokenizer_section
 from coembed.losses.contrastive import clip_loss
+from coembed.models.families import context_length
 from coembed.models.fusion import FusionHFTextConfig
 from coembed.objectives import FusionBatch
 from coembed.presets import apply_overrides, get_preset, has_setting, new_model
@@ -251,14 +252,6 @@ def _false_caption(samples: list, i: int) -> str:
 def _itm_margin(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     logits = model.itm_logits(images, tokens).float()  # (B, 2): not matched, matched
     return logits[:, 1] - logits[:, 0]
-
-
-def context_length(model: torch.nn.Module) -> int:
-    """The text context length of any family (``text_cfg`` or ``cfg.text``, else ``cfg.context_length``)."""
-    for holder in (getattr(model, "text_cfg", None), getattr(model.cfg, "text", None), model.cfg):
-        if holder is not None and hasattr(holder, "context_length"):
-            return int(holder.context_length)
-    raise ValueError(f"{type(model).__name__}'s config has no context_length")
 
 
 def _zeroshot_spec(data: str) -> dict[str, tuple[list[str], list[str]]] | None:

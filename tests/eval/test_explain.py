@@ -324,5 +324,7 @@ def test_gradcam_on_the_albef_model_matches_autograd_by_hand() -> None:
         want = naive_gradcam(model, images, tokens, cfg.text.pad_id, layer=layer)
         assert got.shape == (2, 4, 4) and got.abs().max() > 0
         torch.testing.assert_close(got, want, atol=1e-7, rtol=1e-4)
+    default, _ = gradcam_maps(model, images, tokens, tokens != cfg.text.pad_id)  # round(2 / 3) = the second layer
+    torch.testing.assert_close(default, naive_gradcam(model, images, tokens, cfg.text.pad_id, layer=1), atol=1e-7, rtol=1e-4)
     out = explain(model, images[0], tokens[:1], pad_id=cfg.text.pad_id)
     assert out.method == "gradcam" and out.heatmap.shape == (16, 16)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from coembed.models.dual_encoder import DualEncoder
-from coembed.models.families import FAMILIES, build_model, model_class
+from coembed.models.families import FAMILIES, build_model, context_length, model_class
 from coembed.presets import get_preset
 
 
@@ -26,3 +26,20 @@ def test_build_model_round_trips_a_config_dict() -> None:
 def test_unknown_family_names_the_known_ones() -> None:
     with pytest.raises(ValueError, match="unknown model family 'gpt'; known: .*dual_encoder"):
         model_class("gpt")
+
+
+@pytest.mark.parametrize(("preset", "where"), [("tiny", "text"), ("albef-tiny", "text"), ("vilt-tiny", "top"), ("vlmo-tiny", "top")])
+def test_context_length_is_read_from_where_each_family_keeps_it(preset: str, where: str) -> None:
+    # dual encoder and ALBEF keep it in cfg.text, ViLT and VLMo in cfg itself (the evaluation once
+    # assumed text_cfg for every family and failed on ViLT)
+    cfg = get_preset(preset)
+    setattr(cfg.text if where == "text" else cfg, "context_length", 24)
+    fields = cfg.to_dict()
+    assert context_length(build_model(fields.pop("family"), fields)) == 24
+
+
+def test_context_length_of_a_model_without_one_is_an_error() -> None:
+    import torch
+
+    with pytest.raises(ValueError, match="Linear's config has no context_length"):
+        context_length(torch.nn.Linear(2, 2))
