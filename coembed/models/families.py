@@ -42,7 +42,8 @@ def build_model(family: str, fields: dict[str, Any]) -> nn.Module:
 
 def context_length(model: nn.Module) -> int:
     """The text context length of a model of any family (``text_cfg``, ``cfg.text`` or ``cfg.context_length``)."""
-    for holder in (getattr(model, "text_cfg", None), getattr(getattr(model, "cfg", None), "text", None), getattr(model, "cfg", None)):
-        if holder is not None and getattr(holder, "context_length", None):
+    cfg = getattr(model, "cfg", None)
+    for holder in (getattr(model, "text_cfg", None), getattr(cfg, "text", None), cfg):
+        if getattr(holder, "context_length", None):
             return int(holder.context_length)
     raise ValueError(f"{type(model).__name__}'s config has no context_length")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from coembed.models.dual_encoder import DualEncoder
 from coembed.models.families import FAMILIES, build_model, context_length, model_class
@@ -39,7 +40,5 @@ def test_context_length_is_read_from_where_each_family_keeps_it(preset: str, whe
 
 
 def test_context_length_of_a_model_without_one_is_an_error() -> None:
-    import torch
-
     with pytest.raises(ValueError, match="Linear's config has no context_length"):
         context_length(torch.nn.Linear(2, 2))
