@@ -13,7 +13,7 @@ from pathlib import Path
 from coembed.cli.common import eprint, positive_int
 
 DEMO_DATA = {"train": 20000, "val": 1000, "test": 1000, "heldout": 500, "image_size": 64, "seed": 0}
-DEMO_TRAIN = {"batch_size": 128, "lr": 2e-3, "warmup_steps": 60, "weight_decay": 0.1, "precision": "bf16", "cache_images": True,
+DEMO_TRAIN = {"batch_size": 128, "lr": 2e-3, "warmup_steps": 60, "weight_decay": 0.1, "precision": "auto", "cache_images": True,
               "workers": 0, "val_every": 200, "save_every": 200, "log_every": 10, "seed": 0}
 # The text tower, and the settings that go with it.
 # minilm (default): the `tiny` image tower learns against the frozen all-MiniLM-L6-v2 (LiT). Its caption

@@ -13,7 +13,7 @@ from coembed.errors import ConfigError
 from coembed.layers.kernels import ATTENTION_KERNELS
 
 LOSSES = ("clip", "siglip", "triplet")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(kw_only=True)
@@ -40,10 +40,13 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     grad_clip: float | None = 1.0
-    precision: str = "bf16"
+    precision: str = "auto"  # bf16 where the hardware runs it fast, else fp32 (coembed.train.precision)
     # SDPA kernel of training steps: "auto" = the matmul kernel on CPU in bf16 (faster backward for
     # short sequences, see coembed/layers/kernels.py), PyTorch's fused choice otherwise; "math"; "fused".
     attention_kernel: str = "auto"
+    # > 0: compute the clip / siglip loss exactly in blocks of this many image rows, never holding the
+    # batch x batch logit matrix (coembed.losses.chunked); for very large batches. 0: the full matrix.
+    loss_chunk_size: int = 0
     workers: int = 1  # DataLoader processes; unused with cache_images
     cache_images: bool = False  # decode training images once into RAM (uint8) and batch in-process
     seed: int = 0
@@ -76,6 +79,10 @@ class TrainConfig:
             (self.vocab_size >= 64, f"vocab_size must be >= 64, got {self.vocab_size}"),
             (min(self.log_every, self.val_every, self.save_every) > 0, "log_every, val_every and save_every must be positive"),
             (self.val_samples >= 0, f"val_samples must be >= 0, got {self.val_samples}"),
+            (self.loss_chunk_size >= 0, f"loss_chunk_size must be >= 0, got {self.loss_chunk_size}"),
+            (not self.loss_chunk_size or (self.loss in ("clip", "siglip") and not self.hard_negatives),
+             f"loss_chunk_size needs loss 'clip' or 'siglip' without hard_negatives, got loss {self.loss!r}"
+             f"{' with hard_negatives' if self.hard_negatives else ''}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -131,7 +138,7 @@ def _name_list(field_name: str, value: Any, what: str) -> list[str] | None:
 
 _STR_FIELDS = ("data", "out", "preset", "loss", "precision", "attention_kernel")
 _INT_FIELDS = ("batch_size", "max_steps", "captions_per_image", "warmup_steps", "workers", "seed", "vocab_size", "log_every", "val_every",
-               "save_every", "val_samples")
+               "save_every", "val_samples", "loss_chunk_size")
 _FLOAT_FIELDS = ("epochs", "lr", "weight_decay", "eps", "grad_clip")
 _OPTIONAL_FIELDS = ("max_steps", "grad_clip", "captions_per_image")
 

@@ -38,6 +38,7 @@ from coembed.presets import apply_overrides, get_preset, has_setting, new_model
 from coembed.tokenizer import Tokenizer
 from coembed.towers.hf_text import HFTextConfig, read_tokenizer
 from coembed.train.config import TrainConfig
+from coembed.train.precision import resolve_precision
 from coembed.train.optim import build_optimizer, cosine_lr, set_lr
 from coembed.train.state import Progress, load_run_state, save_run_checkpoint
 from coembed.train.fusion_step import fusion_train_step, objective_module
@@ -95,6 +96,7 @@ class _Run:
     empty_batches: int = 0  # consecutive batches without one loadable image
     text_cache: TextFeatureCache | None = None  # pooled caption features of a frozen text tower
     objective: Callable[..., dict[str, torch.Tensor]] | None = None  # a fusion family's compute_losses; None: contrastive step
+    bf16: bool = False  # cfg.precision resolved for this machine (coembed.train.precision)
 
 
 def _worker_init(_: int) -> None:
@@ -172,7 +174,11 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     family = model.cfg.to_dict()["family"]
     objective = None if family == "dual_encoder" else objective_module(family).compute_losses
-    return _Run(model, tokenizer, optimizer, progress, dataset, _val_split(cfg), total, steps_per_epoch, skipped, objective=objective)
+    precision = resolve_precision(cfg.precision)
+    if cfg.progress or precision.slow:
+        print(precision.note, file=sys.stderr, flush=True)
+    return _Run(model, tokenizer, optimizer, progress, dataset, _val_split(cfg), total, steps_per_epoch, skipped, objective=objective,
+                bf16=precision.name == "bf16")
 
 
 def _val_split(cfg: TrainConfig) -> tuple[Path, list, dict | None] | None:
@@ -353,7 +359,7 @@ def _text_cache(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog) -> Text
         return bars[-1].update
 
     start = time.perf_counter()
-    cache, computed = load_or_build(out / CACHE_FILE, run.model, run.tokenizer, captions, bf16=cfg.precision == "bf16",
+    cache, computed = load_or_build(out / CACHE_FILE, run.model, run.tokenizer, captions, bf16=run.bf16,
                                     progress=progress if cfg.progress else None)
     for bar in bars:
         bar.close()
@@ -409,12 +415,12 @@ def _train_batch(run: _Run, cfg: TrainConfig, out: Path, batch, step: int) -> tu
         if run.objective is not None:
             fusion = FusionBatch(batch.images, texts, batch.indices, negatives if negatives is not None and len(negatives) == len(texts) else None)
             result = fusion_train_step(run.model, run.optimizer, fusion, compute_losses=run.objective, weights=cfg.loss_weights,
-                                       progress=(step - 1) / run.total_steps, seed=cfg.seed, step=step, bf16=cfg.precision == "bf16",
+                                       progress=(step - 1) / run.total_steps, seed=cfg.seed, step=step, bf16=run.bf16,
                                        grad_clip=cfg.grad_clip, attention=cfg.attention_kernel)
         else:
-            result = train_step(run.model, run.optimizer, batch.images, texts, loss_name=cfg.loss, bf16=cfg.precision == "bf16",
+            result = train_step(run.model, run.optimizer, batch.images, texts, loss_name=cfg.loss, bf16=run.bf16,
                                 grad_clip=cfg.grad_clip, step=step, negative_tokens=negatives, pooled_text=run.text_cache is not None,
-                                attention=cfg.attention_kernel)
+                                attention=cfg.attention_kernel, loss_chunk_size=cfg.loss_chunk_size)
     except TrainingDiverged as e:
         kept = out / CHECKPOINT_DIR
         where = f"the last good checkpoint {kept} (step {_saved_step(kept)}) is kept" if kept.exists() else "no checkpoint had been written yet"

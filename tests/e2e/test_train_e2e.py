@@ -36,7 +36,7 @@ def test_tiny_preset_learns_shapes(tmp_path: Path) -> None:
             "--workers", 2)
     summary = json.loads(cli("train", "--data", data, "--out", run, "--preset", "tiny", "--batch-size", 64,
                                  "--max-steps", 150, "--set", "lr=1e-3", "--set", "warmup_steps=15",
-                                 "--set", "precision=bf16", "--set", "val_every=1000", "--set", "save_every=1000",
+                                 "--set", "precision=auto", "--set", "val_every=1000", "--set", "save_every=1000",
                                  "--no-progress", "--json").stdout)
     assert summary["steps"] == 150 and summary["skipped"] == 0
 

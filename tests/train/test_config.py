@@ -23,7 +23,7 @@ def _yaml(tmp_path: Path, text: str, name: str = "cfg.yaml") -> str:
 # ----------------------------------------------------------------------------- precedence
 def test_defaults_when_nothing_is_given() -> None:
     cfg = build_train_config(dict(BASE))
-    assert (cfg.preset, cfg.loss, cfg.batch_size, cfg.lr, cfg.precision) == ("tiny", "clip", 128, 1e-3, "bf16")
+    assert (cfg.preset, cfg.loss, cfg.batch_size, cfg.lr, cfg.precision) == ("tiny", "clip", 128, 1e-3, "auto")
     assert cfg.model == {} and cfg.max_steps is None and cfg.betas == (0.9, 0.98)
 
 
@@ -110,6 +110,8 @@ def test_unknown_key_from_file_is_named(tmp_path: Path) -> None:
         ("loss=foo", "loss", "foo"),
         ("precision=fp16", "precision", "fp16"),
         ("attention_kernel=flash", "attention_kernel", "flash"),
+        ("loss_chunk_size=-1", "loss_chunk_size", "-1"),
+        ("loss_chunk_size=1.5", "loss_chunk_size", "1.5"),
         ("batch_size=abc", "batch_size", "abc"),
         ("batch_size=2.5", "batch_size", "2.5"),
         ("lr=-1", "lr", "-1"),
@@ -129,6 +131,12 @@ def test_invalid_value_names_the_field(item: str, field: str, shown: str) -> Non
     with pytest.raises(ConfigError) as info:
         build_train_config(dict(BASE), None, [item])
     assert field in str(info.value) and shown in str(info.value)
+
+
+@pytest.mark.parametrize("other", ["loss=triplet", "hard_negatives=true"])
+def test_chunked_loss_with_what_it_cannot_compute_is_refused(other: str) -> None:
+    with pytest.raises(ConfigError, match="loss_chunk_size needs loss 'clip' or 'siglip' without hard_negatives"):
+        build_train_config(dict(BASE), None, ["loss_chunk_size=256", other])
 
 
 def test_invalid_value_from_file_names_the_field(tmp_path: Path) -> None:
