@@ -9,25 +9,36 @@ import torch
 
 from coembed.errors import TrainingDiverged
 from coembed.layers.kernels import attention_kernel
+from coembed.losses.chunked import chunked_clip_loss, chunked_siglip_loss
 from coembed.losses.contrastive import clip_loss, negclip_loss, siglip_loss, triplet_loss
 from coembed.models.dual_encoder import MAX_LOGIT_SCALE, DualEncoder, DualEncoderOutput
 
 
-def contrastive_loss(name: str, out: DualEncoderOutput, negative_emb: torch.Tensor | None = None) -> torch.Tensor:
+def contrastive_loss(name: str, out: DualEncoderOutput, negative_emb: torch.Tensor | None = None,
+                     chunk_size: int = 0) -> torch.Tensor:
     """The named objective on a forward output; embeddings are promoted to float32 first.
 
     ``negative_emb`` (hard-negative captions, ``clip`` only) turns CLIP's loss into NegCLIP's.
+    ``chunk_size`` > 0 computes ``clip`` or ``siglip`` exactly without the batch x batch logit matrix,
+    that many image rows at a time (:mod:`coembed.losses.chunked`).
     """
     image_emb, text_emb = out.image_emb.float(), out.text_emb.float()
+    if chunk_size and (negative_emb is not None or name not in ("clip", "siglip")):
+        raise ValueError(f"a chunked loss exists for 'clip' and 'siglip' without hard negatives, got {name!r}"
+                         + (" with hard negatives" if negative_emb is not None else ""))
     if negative_emb is not None:
         if name != "clip":
             raise ValueError(f"hard negatives work with loss 'clip' only, got {name!r}")
         return negclip_loss(image_emb, text_emb, negative_emb.float(), out.logit_scale.float())
     if name == "clip":
+        if chunk_size:
+            return chunked_clip_loss(image_emb, text_emb, out.logit_scale.float(), chunk_size)
         return clip_loss(image_emb, text_emb, out.logit_scale.float())
     if name == "siglip":
         if out.logit_bias is None:
             raise ValueError("loss 'siglip' needs a model with a logit_bias (e.g. preset tiny-siglip)")
+        if chunk_size:
+            return chunked_siglip_loss(image_emb, text_emb, out.logit_scale.float(), out.logit_bias.float(), chunk_size)
         return siglip_loss(image_emb, text_emb, out.logit_scale.float(), out.logit_bias.float())
     if name == "triplet":
         return triplet_loss(image_emb, text_emb)
@@ -54,13 +65,15 @@ def train_step(
     negative_tokens: torch.Tensor | None = None,
     pooled_text: bool = False,
     attention: str = "auto",
+    loss_chunk_size: int = 0,
 ) -> StepResult:
     """Run one update; a non-finite loss or gradient raises before the weights change.
 
     ``negative_tokens`` are hard-negative captions added to every image's softmax (NegCLIP). With
     ``pooled_text``, ``tokens`` and ``negative_tokens`` are a frozen tower's cached pooled features
     (B, hidden) instead of token ids, and only the projection runs on the text side. ``attention``
-    picks the SDPA kernel (:func:`coembed.layers.kernels.attention_kernel`).
+    picks the SDPA kernel (:func:`coembed.layers.kernels.attention_kernel`); ``loss_chunk_size`` > 0
+    selects the memory-linear loss (:func:`contrastive_loss`).
     """
     model.train()
     encode_text = model.project_text if pooled_text else model.encode_text
@@ -69,7 +82,7 @@ def train_step(
             out = DualEncoderOutput(image_emb=model.encode_image(images, normalize=True), text_emb=encode_text(tokens, normalize=True),
                                     logit_scale=model.temperature(), logit_bias=model.logit_bias)
             negatives = encode_text(negative_tokens, normalize=True) if negative_tokens is not None else None
-        loss = contrastive_loss(loss_name, out) if negatives is None else contrastive_loss(loss_name, out, negatives)
+        loss = contrastive_loss(loss_name, out, negatives, chunk_size=loss_chunk_size)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)

@@ -193,7 +193,7 @@ def test_nan_loss_keeps_the_last_checkpoint(shapes_data: Path, tiny_settings: di
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     real_loss, calls = step_mod.contrastive_loss, []
 
-    def nan_at_six(name, out):
+    def nan_at_six(name, out, *args, **kwargs):
         calls.append(1)
         loss = real_loss(name, out)
         return loss * float("nan") if len(calls) == 6 else loss
@@ -213,7 +213,7 @@ def test_nan_loss_keeps_the_last_checkpoint(shapes_data: Path, tiny_settings: di
 
 def test_nan_before_any_checkpoint(shapes_data: Path, tiny_settings: dict, tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(step_mod, "contrastive_loss", lambda name, out: out.image_emb.sum() * float("inf"))
+    monkeypatch.setattr(step_mod, "contrastive_loss", lambda name, out, *args, **kwargs: out.image_emb.sum() * float("inf"))
     with pytest.raises(TrainingDiverged, match="at step 1.*no checkpoint had been written"):
         train(_cfg(shapes_data, tmp_path / "run", tiny_settings, max_steps=3))
     assert not (tmp_path / "run" / "checkpoint").exists()
