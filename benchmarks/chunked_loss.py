@@ -70,7 +70,6 @@ import torch
 from open_clip.loss import ClipLoss, SigLipLoss
 from coembed.losses.chunked import chunked_clip_loss, chunked_siglip_loss
 batch, dim = int(sys.argv[1]), int(sys.argv[2])
-g = torch.Generator().manual_seed(1)
 out = {}
 for kind in ("clip", "siglip"):
     grads = []
@@ -120,7 +119,7 @@ def main() -> None:
         print(f"  {kind}: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
 
     rows = []
-    print(f"\n| loss | batch | implementation | forward+backward s | peak memory above inputs (MiB) |")
+    print("\n| loss | batch | implementation | forward+backward s | peak memory above inputs (MiB) |")
     print("|---|---:|---|---:|---:|")
     for kind in args.losses:
         for batch in args.batches:

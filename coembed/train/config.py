@@ -11,9 +11,9 @@ import yaml
 
 from coembed.errors import ConfigError
 from coembed.layers.kernels import ATTENTION_KERNELS
+from coembed.train.precision import PRECISIONS
 
 LOSSES = ("clip", "siglip", "triplet")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(kw_only=True)

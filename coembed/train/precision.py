@@ -12,7 +12,9 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["Precision", "bf16_is_native", "resolve_precision"]
+__all__ = ["PRECISIONS", "Precision", "bf16_is_native", "resolve_precision"]
+
+PRECISIONS = ("auto", "fp32", "bf16")  # the values of TrainConfig.precision
 
 
 class Precision(NamedTuple):
@@ -40,8 +42,8 @@ def resolve_precision(name: str, device_type: str = "cpu") -> Precision:
     ``auto`` becomes bf16 where :func:`bf16_is_native`, fp32 elsewhere. An explicit choice is kept;
     an explicit bf16 without native support is kept too, and the note warns that it will be slow.
     """
-    if name not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {name!r}")
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {name!r}")
     native = bf16_is_native(device_type)
     if name == "auto":
         chosen = "bf16" if native else "fp32"

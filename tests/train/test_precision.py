@@ -31,7 +31,7 @@ def test_explicit_choices_are_kept_and_slow_bf16_warns(monkeypatch: pytest.Monke
 
 
 def test_unknown_precision_and_device() -> None:
-    with pytest.raises(ValueError, match="precision must be.*'fp16'"):
+    with pytest.raises(ValueError, match="precision must be one of.*'fp16'"):
         resolve_precision("fp16")
     assert bf16_is_native("mps") is False
 
