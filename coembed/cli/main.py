@@ -7,10 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from coembed.cli import classify, convert, data, demo, embed, evaluate, explain, index, search, serve, tag, train
+from coembed.cli import classify, convert, data, demo, embed, evaluate, explain, export, index, search, serve, tag, train
 from coembed.errors import CoembedError
 
-COMMANDS = (data, train, evaluate, embed, classify, convert, index, search, tag, serve, explain, demo)
+COMMANDS = (data, train, evaluate, embed, classify, convert, export, index, search, tag, serve, explain, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

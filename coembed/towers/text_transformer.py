@@ -56,8 +56,12 @@ def trim_padding(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
     """Drop trailing columns that are padding in every row: (B, T) -> (B, T') with T' <= T.
 
     With a causal mask no position attends to later ones, so removing trailing padding leaves every
-    remaining position's output unchanged while saving the work on the padded columns.
+    remaining position's output unchanged while saving the work on the padded columns. While a graph
+    is being traced (ONNX export) nothing is trimmed: the length found here would be frozen into the
+    graph, and the runtime trims the ids before each call instead.
     """
+    if torch.jit.is_tracing():
+        return tokens
     used = (tokens != pad_id).any(dim=0).nonzero()
     length = int(used.max()) + 1 if used.numel() else 1
     return tokens[:, :length]
