@@ -26,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from coembed.interop.onnx import OnnxEncoder, export, parity
+    from coembed.interop.onnx import OnnxEncoder, export, parity, require
 
+    require("onnxruntime")  # before any work: the export is checked with it
     loaded = load_checkpoint(args)
     config = export(loaded.model, loaded.preprocess, args.out, int8=args.int8, source=str(args.checkpoint))
     images = torch.randn(2, 3, config.image_size, config.image_size, generator=torch.Generator().manual_seed(0))

@@ -64,7 +64,8 @@ class _TowerGraph(nn.Module):
         return getattr(self.model, f"encode_{self.tower}")(inputs, normalize=True)
 
 
-def _require(module: str) -> Any:
+def require(module: str) -> Any:
+    """Import an optional ONNX package, or raise a ConfigError saying how to install it."""
     try:
         return __import__(module, fromlist=["_"])
     except ImportError as err:
@@ -93,7 +94,7 @@ def _export_graph(graph: nn.Module, example: torch.Tensor, path: Path, input_nam
 
 def quantize(src: Path, dst: Path) -> None:
     """Dynamic int8 quantisation of a graph's MatMul/Gemm weights (activations quantised per call)."""
-    quantization = _require("onnxruntime.quantization")
+    quantization = require("onnxruntime.quantization")
     tmp = dst.with_name(f".{dst.name}.tmp")
     quantization.quantize_dynamic(str(src), str(tmp), weight_type=quantization.QuantType.QInt8,
                                   op_types_to_quantize=["MatMul", "Gemm"])
@@ -105,6 +106,9 @@ def export(model: DualEncoder, preprocess: ImageTransform, out: str | Path, *, i
     """Write ``image.onnx`` and ``text.onnx`` (and int8 variants) of ``model`` into the folder ``out``."""
     if not isinstance(model, DualEncoder):
         raise ConfigError(f"ONNX export takes a dual encoder, got {type(model).__name__}")
+    require("onnx")  # the exporter serialises with it
+    if int8:
+        require("onnxruntime.quantization")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval().float()
@@ -137,7 +141,7 @@ class OnnxEncoder:
     float32 embeddings, as ``DualEncoder.encode_*(..., normalize=True)``."""
 
     def __init__(self, folder: str | Path, *, int8: bool = False, threads: int | None = None) -> None:
-        ort = _require("onnxruntime")
+        ort = require("onnxruntime")
         folder = Path(folder)
         if not (folder / CONFIG).is_file():
             raise ConfigError(f"{folder}: no {CONFIG}; not a folder written by `coembed export onnx`")
@@ -172,4 +176,4 @@ def parity(model: DualEncoder, encoder: OnnxEncoder, images: torch.Tensor, token
             "text": float(np.abs(encoder.encode_text(tokens) - want_txt).max())}
 
 
-__all__ = ["OnnxConfig", "OnnxEncoder", "export", "parity", "quantize", "trim_trailing_padding"]
+__all__ = ["OnnxConfig", "OnnxEncoder", "export", "parity", "quantize", "require", "trim_trailing_padding"]

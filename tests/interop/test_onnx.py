@@ -123,3 +123,10 @@ def test_export_command_names_a_missing_checkpoint(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"coembed export: error: checkpoint {tmp_path / 'nope'} does not exist"
     assert not (tmp_path / "o").exists()
+
+
+def test_missing_onnx_package_is_a_clear_error_before_any_write(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` fail
+    with pytest.raises(ConfigError, match="pip install 'coembed\\[onnx\\]'"):
+        ox.export(coembed.create_model("tiny"), ImageTransform(64), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
