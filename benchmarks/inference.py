@@ -44,6 +44,12 @@ from coembed.train.precision import bf16_is_native
 CAPTIONS = Path(__file__).parent / "data" / "captions.txt"
 
 
+def caption_batch(n: int) -> list[str]:
+    """``n`` captions of ``CAPTIONS``, repeated in order as needed."""
+    lines = CAPTIONS.read_text().splitlines()
+    return (lines * (n // len(lines) + 1))[:n]
+
+
 def build_models(name: str, folder: Path) -> tuple[torch.nn.Module, coembed.Loaded, torch.nn.Module]:
     """OpenCLIP's model, coembed's load of its weights, and transformers' load of coembed's HF export."""
     torch.manual_seed(0)
@@ -105,8 +111,7 @@ def main() -> None:
         ref, ours, hf = build_models(args.model, Path(tmp))
     size = ours.preprocess.image_size
     images = torch.randn(args.image_batch, 3, size, size, generator=torch.Generator().manual_seed(1))
-    captions = CAPTIONS.read_text().splitlines()
-    captions = (captions * (args.text_batch // len(captions) + 1))[:args.text_batch]
+    captions = caption_batch(args.text_batch)
     tokens = open_clip.get_tokenizer(args.model)(captions)
     trimmed = trim_padding(tokens, 0)
     print(f"{args.model}, random weights, {args.threads} threads; {len(captions)} captions: "

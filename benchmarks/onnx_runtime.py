@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +28,7 @@ from coembed.data.datasets import read_samples
 from coembed.data.splits import split_root
 from coembed.eval.features import embed_split
 from coembed.interop.onnx import OnnxEncoder, export
-from inference import CAPTIONS, build_models, time_alternately
+from inference import build_models, caption_batch, compare
 
 
 class RuntimeModel(nn.Module):
@@ -56,21 +55,13 @@ def speed(args: argparse.Namespace, folder: Path) -> list[dict]:
                 "onnxruntime int8": OnnxEncoder(folder / "onnx", int8=True, threads=args.threads)}
     size = ours.preprocess.image_size
     images = torch.randn(args.image_batch, 3, size, size, generator=torch.Generator().manual_seed(1))
-    captions = (CAPTIONS.read_text().splitlines() * 8)[:args.text_batch]
-    tokens = open_clip.get_tokenizer(args.model)(captions)
+    tokens = open_clip.get_tokenizer(args.model)(caption_batch(args.text_batch))
     rows = []
-    for task, inputs, torch_fn, name in (("image", images, ours.model.encode_image, "encode_image"),
-                                         ("text", tokens, ours.model.encode_text, "encode_text")):
-        with torch.no_grad():
-            want = torch_fn(inputs, normalize=True)
-            fns = {"coembed": lambda: torch_fn(inputs, normalize=True)}
-            fns.update({k: (lambda e=e: getattr(e, name)(inputs)) for k, e in runtimes.items()})
-            diffs = {k: float((torch.as_tensor(f()) - want).abs().max()) for k, f in fns.items()}
-            times = time_alternately(fns, args.rounds)
-        for impl, seconds in times.items():
-            median = statistics.median(seconds)
-            rows.append({"task": task, "impl": impl, "items": len(inputs), "median_s": median,
-                         "items_per_s": len(inputs) / median, "max_abs_diff_vs_coembed": diffs[impl]})
+    for task, inputs in (("image", images), ("text", tokens)):
+        torch_fn = getattr(ours.model, f"encode_{task}")
+        fns = {"coembed": lambda: torch_fn(inputs, normalize=True)}
+        fns.update({k: (lambda e=e: torch.from_numpy(getattr(e, f"encode_{task}")(inputs))) for k, e in runtimes.items()})
+        rows += compare(task, len(inputs), fns, args.rounds, "coembed")
     return rows
 
 
