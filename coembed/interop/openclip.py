@@ -158,6 +158,7 @@ def _vit_config(sd: dict[str, torch.Tensor], vision_cfg: dict[str, Any], timm: b
         mlp_ratio=sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / width,
         class_token=class_token, ln_pre="visual.ln_pre.weight" in sd, patch_bias="visual.conv1.bias" in sd,
         pool="map" if "visual.attn_pool.probe" in sd else "tok", proj="visual.proj" in sd, ln_eps=eps,
+        patch_dropout=float(vision_cfg.get("patch_dropout") or 0.0),
     )
 
 
@@ -304,6 +305,8 @@ def _vision_cfg(cfg: DualEncoderConfig) -> tuple[dict[str, Any], bool]:
         raise CheckpointError("OpenCLIP's ViT has no patch bias and always projects")
     out = {"image_size": v.image_size, "layers": v.layers, "width": v.width, "patch_size": v.patch_size,
            "head_width": v.width // v.heads, "mlp_ratio": v.mlp_ratio}
+    if v.patch_dropout:
+        out["patch_dropout"] = v.patch_dropout
     if not v.ln_pre:
         out["no_ln_pre"] = True
     if v.ln_eps != 1e-5:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from coembed.layers.patch_dropout import drop_patches
 from coembed.layers.patch_embed import ConvStem, stem_channels
 from coembed.layers.pooling import MapHead
 from coembed.layers.transformer import Transformer, mlp_hidden
@@ -40,6 +41,9 @@ class VisionConfig:
     pool: str = "tok"  # "tok": the class token; "map": attention pooling with a learned probe (SigLIP)
     proj: bool = True  # False: no projection, the embedding is the pooled token (embed_dim == width)
     ln_eps: float = 1e-5
+    # FLIP: share of patch tokens dropped from every training image (coembed.layers.patch_dropout);
+    # evaluation always sees all patches. 0 disables it.
+    patch_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "width", "layers", "heads"):
@@ -51,6 +55,8 @@ class VisionConfig:
             )
         if self.width % self.heads:
             raise ValueError(f"vision.width ({self.width}) must be divisible by vision.heads ({self.heads})")
+        if not 0.0 <= self.patch_dropout < 1.0:
+            raise ValueError(f"vision.patch_dropout must be in [0, 1), got {self.patch_dropout}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"vision.mlp_ratio must be positive, got {self.mlp_ratio}")
         if self.stem not in ("patch", "conv"):
@@ -114,6 +120,8 @@ class VisionTransformer(nn.Module):
             cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, width)
             x = torch.cat([cls, x], dim=1)
         x = x + self.positional_embedding.to(x.dtype)
+        if self.training and self.cfg.patch_dropout:
+            x = drop_patches(x, self.cfg.patch_dropout, keep_first=self.class_embedding is not None)
         x = self.transformer(self.ln_pre(x))
         return self.ln_post(x)
 

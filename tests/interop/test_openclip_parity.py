@@ -102,3 +102,24 @@ def test_openclip_loads_what_coembed_writes(case, tmp_path: Path) -> None:
     assert all(torch.equal(written[k], theirs[k]) for k in theirs)
     assert max_diff(again.encode_image(images), want["image"]) <= TOL
     assert max_diff(again.encode_text(tokens), want["text"]) <= TOL
+
+
+def test_patch_dropout_keeps_the_same_patches_as_openclip(tmp_path: Path) -> None:
+    """FLIP patch dropout travels in the config and, with the same seed, drops what OpenCLIP drops."""
+    ours = coembed.create_model("tiny-patch", **{"vision.patch_dropout": 0.5})
+    oc_interop.write(tmp_path / "pd", ours, coembed.loading.default_preprocess(ours))
+    ref = open_clip.create_model(f"local-dir:{tmp_path / 'pd'}")
+    assert ref.visual.patch_dropout.prob == 0.5
+    with pytest.warns(UserWarning, match="no tokenizer"):
+        assert oc_interop.read(tmp_path / "pd").config.vision.patch_dropout == 0.5
+    images = make_images(64)
+    ours.train(), ref.train()
+    torch.manual_seed(3)
+    got = ours.encode_image(images)
+    torch.manual_seed(3)
+    want = ref.encode_image(images)
+    assert max_diff(got, want) <= TOL
+    ours.eval(), ref.eval()
+    assert max_diff(ours.encode_image(images), ref.encode_image(images)) <= TOL
+    torch.manual_seed(4)
+    assert max_diff(ours.train().encode_image(images), got) > 1e-3  # another draw keeps other patches

@@ -204,3 +204,32 @@ def test_conv_stem_config_validation() -> None:
         VisionConfig(stem="resnet")
     with pytest.raises(ValueError, match="power-of-two"):
         VisionConfig(image_size=60, patch_size=6, stem="conv")
+
+
+def test_patch_dropout_only_in_training_and_on_patches_only() -> None:
+    torch.manual_seed(0)
+    plain = _small()
+    dropping = _small(patch_dropout=0.5)
+    dropping.load_state_dict(plain.state_dict())
+    images = torch.randn(3, 3, 16, 16)
+    plain.eval(), dropping.eval()
+    assert torch.equal(dropping(images), plain(images))  # evaluation sees every patch
+
+    dropping.train()
+    torch.manual_seed(5)
+    got = dropping(images)
+    # By hand: the same scores pick which patch tokens enter ln_pre; the class token always does.
+    torch.manual_seed(5)
+    grid = plain.cfg.grid_size**2
+    keep = torch.randn(3, grid).topk(grid // 2, dim=-1).indices
+    x = plain.patchify(images) + plain.positional_embedding[1:]
+    x = x[torch.arange(3)[:, None], keep]
+    cls = (plain.class_embedding + plain.positional_embedding[0]).expand(3, 1, -1)
+    want = plain.forward_head(plain.ln_post(plain.transformer(plain.ln_pre(torch.cat([cls, x], dim=1)))))
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [-0.5, 1.0])
+def test_patch_dropout_validation(value: float) -> None:
+    with pytest.raises(ValueError, match="vision.patch_dropout"):
+        VisionConfig(patch_dropout=value)
