@@ -29,6 +29,7 @@ from coembed.errors import CheckpointError, ConfigError, DataError, TrainingDive
 from coembed.eval.features import embed_split
 from coembed.eval.retrieval import retrieval_metrics
 from coembed.eval.suite import zeroshot_task
+from coembed.layers.transformer import Transformer
 from coembed.loading import Loaded, checkpoint_config, default_preprocess, load, tokenizer_section
 from coembed.losses.contrastive import clip_loss
 from coembed.models.families import context_length
@@ -122,6 +123,15 @@ def _new_model(cfg: TrainConfig, samples: list) -> tuple[torch.nn.Module, Tokeni
     return new_model(apply_overrides(get_preset(cfg.preset), overrides)), tokenizer
 
 
+def compile_transformers(model: torch.nn.Module, backend: str = "inductor") -> int:
+    """``torch.compile`` each Transformer stack of ``model`` in place (parameter names unchanged, so
+    checkpoints are unaffected), with dynamic shapes for varying text lengths; returns how many."""
+    stacks = [m for m in model.modules() if isinstance(m, Transformer)]
+    for stack in stacks:
+        stack.compile(dynamic=True, backend=backend)
+    return len(stacks)
+
+
 def _check_mlm_ids(text: FusionHFTextConfig, tokenizer) -> None:
     """The MLM mask and special ids of the config must be the tokenizer's own."""
     mask = tokenizer.token_id("[MASK]")
@@ -161,6 +171,8 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
     if cfg.loss == "siglip" and getattr(model, "logit_bias", None) is None:
         raise ConfigError(f"loss 'siglip' needs a model with a logit_bias, and preset {cfg.preset!r} has none; "
                           "use preset tiny-siglip or set model.init_logit_bias")
+    if cfg.compile:
+        compile_transformers(model)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
     progress = Progress(skipped=dict(skipped.by_reason), skipped_examples=[f"{n} ({r})" for n, r in skipped.examples])
     if resume:
@@ -299,6 +311,11 @@ def _save(run: _Run, cfg: TrainConfig, out: Path) -> Path:
     return save_run_checkpoint(out, run.model, config, run.tokenizer.to_str(), run.optimizer, run.progress, cfg.to_dict())
 
 
+# metrics.jsonl fields that depend on the machine and the moment, not on the run's maths: a resumed
+# run matches an uninterrupted one in everything else.
+TIMING_KEYS = frozenset({"samples_per_s", "time", "val_s", "text_cache_seconds"})
+
+
 def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     """Train a dual encoder as configured; with ``resume``, continue ``cfg.out``'s checkpoint.
 
@@ -386,7 +403,7 @@ def _run_epoch(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog, skipped:
             window_samples += len(batch.captions)
             if step % cfg.log_every == 0 or step == run.total_steps:
                 elapsed = time.perf_counter() - window_start
-                record = {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": result.grad_norm,
+                record = {"step": step, "epoch": epoch, "time": round(time.time(), 3), "loss": loss, "lr": lr, "grad_norm": result.grad_norm,
                           "samples_per_s": window_samples / max(elapsed, 1e-9), **{f"loss_{k}": v for k, v in result.terms.items()}}
                 if hasattr(run.model, "temperature"):
                     record["logit_scale"] = run.model.temperature().item()
@@ -394,11 +411,14 @@ def _run_epoch(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog, skipped:
                 window_start, window_samples = time.perf_counter(), 0
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", sps=f"{record['samples_per_s']:.0f}")
+        paused = time.perf_counter()  # validation and saving do not count against samples_per_s
         if run.val and (step % cfg.val_every == 0 or step == run.total_steps):
             run.progress.last_val = validate(run.model, run.tokenizer, *run.val)
-            log.write({"step": step, **run.progress.last_val})
+            log.write({"step": step, "time": round(time.time(), 3), "val_s": round(time.perf_counter() - paused, 3),
+                       **run.progress.last_val})
         if step % cfg.save_every == 0 or step == run.total_steps:
             _save(run, cfg, out)
+        window_start += time.perf_counter() - paused
         if bar is not None:
             bar.update(1)
         if step >= run.total_steps:

@@ -120,6 +120,7 @@ def test_unknown_key_from_file_is_named(tmp_path: Path) -> None:
         ("betas=[0.9]", "betas", "0.9"),
         ("betas=[0.9, 1.5]", "betas", "1.5"),
         ("progress=maybe", "progress", "maybe"),
+        ("compile=sometimes", "compile", "sometimes"),
         ("workers=-1", "workers", "-1"),
         ("grad_clip=0", "grad_clip", "0"),
         ("preset=3", "preset", "3"),

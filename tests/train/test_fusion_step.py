@@ -26,7 +26,7 @@ from coembed.towers.vit import VisionConfig, VisionTransformer
 from coembed.train import loop as loop_mod
 from coembed.train.config import TrainConfig
 from coembed.train.fusion_step import step_generator, weighted_total
-from coembed.train.loop import train
+from coembed.train.loop import TIMING_KEYS, train
 
 
 # ----------------------------------------------------------------------------- the toy family
@@ -102,7 +102,7 @@ def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
 
 
 def _lines(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(x).items() if k != "samples_per_s"} for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in json.loads(x).items() if k not in TIMING_KEYS} for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 # ----------------------------------------------------------------------------- tests

@@ -15,7 +15,7 @@ from coembed.interop.hf_tokenizer import read_hf_tokenizer
 from coembed.train import loop as loop_mod
 from coembed.train import text_cache
 from coembed.train.config import TrainConfig
-from coembed.train.loop import train
+from coembed.train.loop import TIMING_KEYS, train
 from coembed.train.text_cache import CACHE_FILE, compute_features, load_or_build
 
 STEPS = {"max_steps": 6, "save_every": 3, "log_every": 1, "val_every": 3, "warmup_steps": 2, "lr": 2e-3}
@@ -34,7 +34,7 @@ def _cfg(data: Path, out: Path, folder: Path, **kw) -> TrainConfig:
 
 def _lines(run: Path) -> list[dict]:
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in x.items() if k not in ("samples_per_s", "text_cache_seconds")} for x in lines]
+    return [{k: v for k, v in x.items() if k not in TIMING_KEYS} for x in lines]
 
 
 @pytest.fixture(scope="module")
