@@ -37,6 +37,13 @@ class ResidualAttentionBlock(nn.Module):
         x = x + self.attn(self.ln_1(x), causal=causal, mask=mask)
         return x + self.mlp(self.ln_2(x))
 
+    def forward_first(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward`'s output at token 0 only, (B, T, width) -> (B, 1, width), bidirectional:
+        token 0 still attends to every token, but no other token's output is computed."""
+        h = self.ln_1(x)
+        y = x[:, :1] + self.attn.cross(h[:, :1], h)
+        return y + self.mlp(self.ln_2(y))
+
 
 class Transformer(nn.Module):
     """A stack of :class:`ResidualAttentionBlock` over batch-first sequences (B, T, width)."""
@@ -56,11 +63,22 @@ class Transformer(nn.Module):
     def forward(self, x: torch.Tensor, *, causal: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``mask`` (B, 1, 1, T), True where a key may be attended (see :meth:`Attention.forward`)."""
         for block in self.resblocks:
-            if self.grad_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, causal=causal, mask=mask, use_reentrant=False)
-            else:
-                x = block(x, causal=causal, mask=mask)
+            x = self._block(block, x, causal=causal, mask=mask)
         return x
+
+    def forward_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The bidirectional :meth:`forward`'s output at token 0 only: (B, T, width) -> (B, 1, width).
+        For class-token pooling: the last block computes the class token alone (its attention query
+        and MLP on one token instead of T), the same numbers as ``forward(x)[:, :1]``."""
+        *body, last = self.resblocks
+        for block in body:
+            x = self._block(block, x)
+        return last.forward_first(x)
+
+    def _block(self, block: ResidualAttentionBlock, x: torch.Tensor, **kw) -> torch.Tensor:
+        if self.grad_checkpointing and self.training:
+            return torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False, **kw)
+        return block(x, **kw)
 
     def init_weights(self) -> None:
         """CLIP's initialisation: std scaled by width and depth so the residual stream stays O(1)."""

@@ -111,6 +111,10 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """All output tokens after ``ln_post``: (B, [1 +] grid*grid, width); token 0 is the class token if any."""
+        return self.ln_post(self.transformer(self._input_tokens(images)))
+
+    def _input_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The transformer's input: [class token;] patches + positions, patch dropout, ``ln_pre``."""
         if images.shape[-2:] != (self.cfg.image_size, self.cfg.image_size):
             raise ValueError(
                 f"images must be {self.cfg.image_size}x{self.cfg.image_size}, got {tuple(images.shape[-2:])}"
@@ -122,8 +126,7 @@ class VisionTransformer(nn.Module):
         x = x + self.positional_embedding.to(x.dtype)
         if self.training and self.cfg.patch_dropout:
             x = drop_patches(x, self.cfg.patch_dropout, keep_first=self.class_embedding is not None)
-        x = self.transformer(self.ln_pre(x))
-        return self.ln_post(x)
+        return self.ln_pre(x)
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pool (class token or attention probe) and project: (B, T, width) -> (B, output_dim)."""
@@ -131,4 +134,7 @@ class VisionTransformer(nn.Module):
         return pooled @ self.proj if self.proj is not None else pooled
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.cfg.pool == "tok" and self.cfg.layers:
+            # Class-token pooling reads token 0 alone: the last block computes only that token.
+            return self.forward_head(self.ln_post(self.transformer.forward_first(self._input_tokens(images))))
         return self.forward_head(self.forward_features(images))

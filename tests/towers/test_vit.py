@@ -233,3 +233,16 @@ def test_patch_dropout_only_in_training_and_on_patches_only() -> None:
 def test_patch_dropout_validation(value: float) -> None:
     with pytest.raises(ValueError, match="vision.patch_dropout"):
         VisionConfig(patch_dropout=value)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_class_token_forward_equals_pooling_all_tokens(training: bool) -> None:
+    # forward() computes only the class token in the last block; pooling forward_features' full
+    # output must give the same embedding and the same gradients.
+    vit = _small(layers=3).train(training)
+    images = torch.randn(4, 3, 16, 16)
+    fast = vit(images)
+    (g_fast,) = torch.autograd.grad(fast.square().sum(), vit.transformer.resblocks[0].mlp.c_fc.weight)
+    full = vit.forward_head(vit.forward_features(images))
+    (g_full,) = torch.autograd.grad(full.square().sum(), vit.transformer.resblocks[0].mlp.c_fc.weight)
+    assert torch.allclose(fast, full, atol=1e-6) and torch.allclose(g_fast, g_full, atol=1e-6)
