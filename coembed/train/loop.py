@@ -125,10 +125,12 @@ def _new_model(cfg: TrainConfig, samples: list) -> tuple[torch.nn.Module, Tokeni
 
 def compile_transformers(model: torch.nn.Module, backend: str = "inductor") -> int:
     """``torch.compile`` each Transformer stack of ``model`` in place (parameter names unchanged, so
-    checkpoints are unaffected), with dynamic shapes for varying text lengths; returns how many."""
+    checkpoints are unaffected), with dynamic shapes for varying text lengths; returns how many.
+    Both entry points are compiled: ``forward`` and ``forward_first`` (a class-token ViT's path)."""
     stacks = [m for m in model.modules() if isinstance(m, Transformer)]
     for stack in stacks:
         stack.compile(dynamic=True, backend=backend)
+        stack.forward_first = torch.compile(stack.forward_first, dynamic=True, backend=backend)
     return len(stacks)
 
 

@@ -346,6 +346,25 @@ def test_compiled_run_trains_like_the_eager_one(shapes_data: Path, tiny_settings
     assert weights.keys() == read_tensors(tmp_path / "eager" / "checkpoint" / "model.safetensors").keys()
 
 
+def test_compile_covers_both_towers_paths() -> None:
+    # A class-token ViT enters its stack through forward_first, the text tower through forward:
+    # dynamo must capture a graph for each (a counting backend sees them).
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    model = coembed.create_model("tiny-patch").eval()
+    assert loop_mod.compile_transformers(model, backend=backend) == 2
+    with torch.no_grad():
+        model.encode_image(torch.randn(2, 3, 64, 64))
+        assert len(graphs) >= 1
+        before = len(graphs)
+        model.encode_text(torch.tensor([[1, 5, 6, 2]]))
+    assert len(graphs) > before
+
+
 def test_hard_negatives_train_and_need_negatives(shapes_data: Path, tiny_settings: dict, tmp_path: Path) -> None:
     result = train(_cfg(shapes_data, tmp_path / "neg", tiny_settings, hard_negatives=True, max_steps=2, log_every=1))
     assert result.steps == 2 and all(torch.isfinite(torch.tensor([x["loss"] for x in _lines(tmp_path / "neg") if "loss" in x])))
