@@ -35,6 +35,7 @@ import coembed
 from coembed.io import atomic_write_json
 from coembed.train.optim import build_optimizer
 from coembed.train.step import train_step
+from coembed.viz import new_figure, save_png
 
 sys.path.insert(0, str(Path(__file__).parent))
 from chunked_loss import run_worker  # noqa: E402
@@ -85,9 +86,10 @@ def step_growth(args) -> list[dict]:
         ref, ours = tiny_models(Path(tmp))
     tokenizer = open_clip.get_tokenizer(OC_MODEL)
     # OpenCLIP's default for ViTs: no weight decay on gains, biases, embeddings, temperature.
-    decay = [p for n, p in ref.named_parameters() if p.ndim >= 2 and "embedding" not in n and "logit_scale" not in n]
-    rest = [p for n, p in ref.named_parameters() if not (p.ndim >= 2 and "embedding" not in n and "logit_scale" not in n)]
-    ref_opt = torch.optim.AdamW([{"params": rest, "weight_decay": 0.0}, {"params": decay, "weight_decay": 0.1}],
+    groups: dict[bool, list] = {True: [], False: []}
+    for n, p in ref.named_parameters():
+        groups[p.ndim >= 2 and "embedding" not in n and "logit_scale" not in n].append(p)
+    ref_opt = torch.optim.AdamW([{"params": groups[False], "weight_decay": 0.0}, {"params": groups[True], "weight_decay": 0.1}],
                                 lr=1e-4, betas=(0.9, 0.98), eps=1e-6)
     our_opt = build_optimizer(ours, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
     loss_fn = ClipLoss()
@@ -174,10 +176,7 @@ def tables(out: dict) -> str:
 
 
 def plot(out: dict, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(15, 4.4))
+    fig = new_figure(15, 4.4, dpi=100)
     axes = fig.subplots(1, 3)
     styles = {"openclip": ("black", "OpenCLIP"), "coembed": ("tab:blue", "coembed"),
               "coembed-chunked": ("tab:blue", "coembed chunked"), "coembed-naive": ("tab:orange", "coembed full matrix")}
@@ -196,8 +195,7 @@ def plot(out: dict, path: Path) -> None:
         ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig).print_png(str(path))
+    save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

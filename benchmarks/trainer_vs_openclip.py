@@ -52,6 +52,7 @@ from coembed.eval.retrieval import retrieval_metrics
 from coembed.interop.openclip import openclip_config
 from coembed.io import atomic_write_json
 from coembed.loading import default_preprocess
+from coembed.viz import new_figure, save_png
 
 PRESET = "tiny-patch"
 OC_MODEL = "coembed-tiny-patch"
@@ -272,18 +273,25 @@ def time_to(curve: list[dict], target: float) -> float | None:
 # ----------------------------------------------------------------------------- stages
 
 
+def probe_csv(args) -> tuple[Path, int]:
+    """The short CSV of the probes and pairs (``--probe-steps`` batches), written once."""
+    path, rows = Path(args.work) / "probe.csv", args.probe_steps * args.batch
+    if not path.exists() or sum(1 for _ in open(path)) != rows + 1:
+        write_csv(Path(args.data), path, rows)
+    return path, rows
+
+
 def stage_openclip(args, results: Results, config_dir: Path) -> None:
     work = Path(args.work)
+    csv_path, probe_rows = probe_csv(args)
     for workers in (0, 1):
         if results.get("openclip", "probe", str(workers)) is None:
-            rows = write_csv(Path(args.data), work / "probe.csv", args.probe_steps * args.batch)
-            probe = run_openclip(args, config_dir, work / "probe.csv", f"probe-w{workers}", workers)
-            results.put({**probe, "rows": rows}, "openclip", "probe", str(workers))
+            probe = run_openclip(args, config_dir, csv_path, f"probe-w{workers}", workers)
+            results.put({**probe, "rows": probe_rows}, "openclip", "probe", str(workers))
             print(f"OpenCLIP probe, {workers} loader workers: {probe['samples_per_s']:.1f} samples/s", flush=True)
     if results.get("openclip", "probe_bf16") is None:
         # OpenCLIP's bf16 autocast, for the row of coembed's bf16 training (same precision).
-        write_csv(Path(args.data), work / "probe.csv", args.probe_steps * args.batch)
-        probe = run_openclip(args, config_dir, work / "probe.csv", "probe-w1-bf16", 1, precision="amp_bf16")
+        probe = run_openclip(args, config_dir, csv_path, "probe-w1-bf16", 1, precision="amp_bf16")
         results.put(probe, "openclip", "probe_bf16")
         print(f"OpenCLIP probe, amp_bf16: {probe['samples_per_s']:.1f} samples/s", flush=True)
     if "openclip" not in args.stages or results.get("openclip", "run") is not None:
@@ -314,12 +322,11 @@ PAIRS = {"fp32": ("fp32", FAST), "bf16": ("amp_bf16", "fast + bf16 autocast")}
 def stage_pairs(args, results: Results, config_dir: Path) -> None:
     """Short runs of OpenCLIP and coembed back to back, ``--pair-rounds`` times: the machine's speed
     drifts by ~15% between minutes, so the ratio is taken within each pair and its median reported."""
-    work = Path(args.work)
-    write_csv(Path(args.data), work / "probe.csv", args.probe_steps * args.batch)
+    csv_path, _ = probe_csv(args)
     for name, (precision, row) in PAIRS.items():
         done = results.get("pairs", name) or []
         for r in range(len(done), args.pair_rounds):
-            oc = run_openclip(args, config_dir, work / "probe.csv", f"pair-{precision}", 1, precision=precision)
+            oc = run_openclip(args, config_dir, csv_path, f"pair-{precision}", 1, precision=precision)
             sets, mode = ABLATIONS[row]
             ce = run_coembed(args, f"pair {name}", sets, mode, args.probe_steps, val_every=10**9)
             done.append({"openclip": oc["samples_per_s"], "coembed": ce["samples_per_s"], "ratio": ce["samples_per_s"] / oc["samples_per_s"]})
@@ -379,10 +386,7 @@ def table(results: Results) -> str:
 
 
 def plot(results: Results, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(12, 4.8))
+    fig = new_figure(12, 4.8, dpi=100)
     ax, bx = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.2]})
     oc = results.get("openclip", "run")
     for name, run in (results.get("quality") or {}).items():
@@ -403,8 +407,7 @@ def plot(results: Results, path: Path) -> None:
     bx.invert_yaxis()
     bx.set(xlabel="training samples/s (batch 128, 2 threads; fp32 unless named)", title="Training throughput")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig).print_png(str(path))
+    save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

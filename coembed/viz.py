@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["RetrievalRow", "plot_explanation", "plot_retrieval_grid", "plot_training_curves", "plot_zeroshot_confusion"]
+__all__ = ["RetrievalRow", "new_figure", "plot_explanation", "plot_retrieval_grid", "plot_training_curves",
+           "plot_zeroshot_confusion", "save_png"]
 
 _CORRECT = "#2ca02c"
 _WRONG = "#d62728"
@@ -37,7 +38,7 @@ _MISSING_GREY = 0.78
 # --------------------------------------------------------------------------- shared helpers
 
 
-def _new_figure(width_in: float, height_in: float, dpi: int) -> Figure:
+def new_figure(width_in: float, height_in: float, dpi: int) -> Figure:
     """A pyplot-free figure attached to an Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -47,7 +48,8 @@ def _new_figure(width_in: float, height_in: float, dpi: int) -> Figure:
     return fig
 
 
-def _save_png(fig: Figure, out_png: str | os.PathLike, **savefig_kwargs: Any) -> Path:
+def save_png(fig: Figure, out_png: str | os.PathLike, **savefig_kwargs: Any) -> Path:
+    """Render ``fig`` to PNG in memory and write it atomically (parent folders created)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", **savefig_kwargs)
     out = Path(out_png)
@@ -139,7 +141,7 @@ def plot_training_curves(metrics_path: str | os.PathLike, out_png: str | os.Path
     series = _read_metrics(path)
     if not series["loss"].steps:
         raise DataError(f"metrics file {path} has no training lines (JSON objects with 'step' and 'loss')")
-    fig = _new_figure(13.0, 4.2, dpi=150)
+    fig = new_figure(13.0, 4.2, dpi=150)
     ax_loss, ax_recall, ax_lr = fig.subplots(1, 3, sharex=True)
     _draw_loss_panel(ax_loss, series)
     _draw_recall_panel(ax_recall, series)
@@ -152,7 +154,7 @@ def plot_training_curves(metrics_path: str | os.PathLike, out_png: str | os.Path
         ax_loss.set_xlim(first - 1, last + 1)
     fig.suptitle(f"Training run: {path.parent.name or path.name}", fontsize=11)
     fig.tight_layout()
-    return _save_png(fig, out_png)
+    return save_png(fig, out_png)
 
 
 def _draw_loss_panel(ax: Axes, series: dict[str, _Series]) -> None:
@@ -260,7 +262,7 @@ def plot_retrieval_grid(rows: Sequence[RetrievalRow], out_png: str | os.PathLike
     cell_w, row_h = thumb + _PAD, thumb + _SCORE_H + _PAD
     width = _PAD + _TEXT_W + k * cell_w + _PAD
     height = _HEADER_H + len(rows) * row_h + _PAD
-    fig = _new_figure(width / _GRID_DPI, height / _GRID_DPI, dpi=_GRID_DPI)
+    fig = new_figure(width / _GRID_DPI, height / _GRID_DPI, dpi=_GRID_DPI)
     geom = _GridGeometry(width, height, thumb, cell_w, row_h)
     _draw_grid_header(fig, geom, k)
     cache: dict[str, np.ndarray] = {}
@@ -268,7 +270,7 @@ def plot_retrieval_grid(rows: Sequence[RetrievalRow], out_png: str | os.PathLike
         _draw_query_text(fig, geom, r, row.query)
         for c, (image, score, correct) in enumerate(row.results):
             _draw_thumbnail(fig, geom, r, c, _thumbnail(image, thumb, cache), float(score), bool(correct))
-    return _save_png(fig, out_png, facecolor="white")
+    return save_png(fig, out_png, facecolor="white")
 
 
 @dataclass(frozen=True)
@@ -389,7 +391,7 @@ def plot_zeroshot_confusion(confusion: Any, classnames: Sequence[str], out_png: 
     counts = _check_confusion(confusion, classnames)
     n = len(classnames)
     side = min(16.0, max(4.5, 0.45 * n + 2.5))
-    fig = _new_figure(side + 1.2, side, dpi=150)
+    fig = new_figure(side + 1.2, side, dpi=150)
     ax = fig.add_subplot()
     im = ax.imshow(counts, cmap="Blues", vmin=0, vmax=max(1.0, counts.max()), interpolation="nearest")
     cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="count")
@@ -406,7 +408,7 @@ def plot_zeroshot_confusion(confusion: Any, classnames: Sequence[str], out_png: 
     acc = f"accuracy {np.trace(counts) / total:.1%}" if total else "no samples"
     ax.set_title(f"{title}\n({acc}, n={total:g})", fontsize=10)
     fig.tight_layout()
-    return _save_png(fig, out_png)
+    return save_png(fig, out_png)
 
 
 def _check_confusion(confusion: Any, classnames: Sequence[str]) -> np.ndarray:
@@ -452,7 +454,7 @@ def plot_explanation(pixels: Any, heatmap: Any, title: str, out_png: str | os.Pa
     if pixels.ndim != 3 or pixels.shape[2] != 3 or heat.shape != pixels.shape[:2]:
         raise ValueError(f"plot_explanation: pixels must be (H, W, 3) and heatmap (H, W) on the same grid, "
                          f"got {pixels.shape} and {heat.shape}")
-    fig = _new_figure(6.4, 3.4, dpi=150)
+    fig = new_figure(6.4, 3.4, dpi=150)
     fig.set_layout_engine("constrained")
     extent = (0, pixels.shape[1], pixels.shape[0], 0)  # pixel i spans [i, i + 1), as Explanation.peak
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
@@ -466,4 +468,4 @@ def plot_explanation(pixels: Any, heatmap: Any, title: str, out_png: str | os.Pa
         ax.set_axis_off()
     wrapped = "\n".join(textwrap.wrap(title, 60)[:3])
     fig.suptitle(wrapped + (f"\n{subtitle}" if subtitle else ""), fontsize=9)
-    return _save_png(fig, out_png)
+    return save_png(fig, out_png)
