@@ -47,6 +47,9 @@ class TrainConfig:
     # > 0: compute the clip / siglip loss exactly in blocks of this many image rows, never holding the
     # batch x batch logit matrix (coembed.losses.chunked); for very large batches. 0: the full matrix.
     loss_chunk_size: int = 0
+    # > 1: embed each batch in this many micro-batches through a feature cache (GradCache): the same
+    # loss and gradients as the whole batch (negatives span it), activations of one micro-batch at a time.
+    accum_steps: int = 1
     # torch.compile (inductor) every Transformer stack of the model: costs a one-off compile (~1 min
     # on a 2-core CPU for `tiny`), then faster steps; text lengths vary, so shapes are dynamic.
     compile: bool = False
@@ -82,6 +85,10 @@ class TrainConfig:
             (self.vocab_size >= 64, f"vocab_size must be >= 64, got {self.vocab_size}"),
             (min(self.log_every, self.val_every, self.save_every) > 0, "log_every, val_every and save_every must be positive"),
             (self.val_samples >= 0, f"val_samples must be >= 0, got {self.val_samples}"),
+            (self.accum_steps >= 1, f"accum_steps must be >= 1, got {self.accum_steps}"),
+            (self.accum_steps == 1 or (self.loss in ("clip", "siglip") and not self.hard_negatives),
+             f"accum_steps > 1 needs loss 'clip' or 'siglip' without hard_negatives, got loss {self.loss!r}"
+             f"{' with hard_negatives' if self.hard_negatives else ''}"),
             (self.loss_chunk_size >= 0, f"loss_chunk_size must be >= 0, got {self.loss_chunk_size}"),
             (not self.loss_chunk_size or (self.loss in ("clip", "siglip") and not self.hard_negatives),
              f"loss_chunk_size needs loss 'clip' or 'siglip' without hard_negatives, got loss {self.loss!r}"
@@ -141,7 +148,7 @@ def _name_list(field_name: str, value: Any, what: str) -> list[str] | None:
 
 _STR_FIELDS = ("data", "out", "preset", "loss", "precision", "attention_kernel")
 _INT_FIELDS = ("batch_size", "max_steps", "captions_per_image", "warmup_steps", "workers", "seed", "vocab_size", "log_every", "val_every",
-               "save_every", "val_samples", "loss_chunk_size")
+               "save_every", "val_samples", "loss_chunk_size", "accum_steps")
 _FLOAT_FIELDS = ("epochs", "lr", "weight_decay", "eps", "grad_clip")
 _OPTIONAL_FIELDS = ("max_steps", "grad_clip", "captions_per_image")
 

@@ -11,8 +11,10 @@ batch, while activations are only ever held for one micro-batch:
 3. re-embed each micro-batch with gradients and push the cached feature gradients through it.
 
 The RNG state is replayed between steps 1 and 3, so dropout and patch dropout draw the same masks
-twice and the gradients equal the large batch's (up to float rounding). The cost is one extra
-forward pass per micro-batch.
+twice, and buffers (BatchNorm running statistics) are restored after step 1 so they are updated
+once per micro-batch, not twice. The gradients equal the large batch's (up to float rounding) for
+models without batch statistics; a BatchNorm layer (the ``conv`` stem) normalises each micro-batch
+by its own statistics, as with any accumulation. The cost is one extra forward pass per micro-batch.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def _set_rng_state(state: tuple, device: torch.device) -> None:
 
 
 def cached_backward(encode: Encode, micro_batches: Sequence[Any], loss_fn: Loss, device: torch.device | str = "cpu",
-                    before_last: Callable[[], Any] | None = None) -> Tensor:
+                    before_last: Callable[[], Any] | None = None, model: torch.nn.Module | None = None) -> Tensor:
     """Backpropagate ``loss_fn`` of the whole batch through ``encode`` one micro-batch at a time.
 
     Args:
@@ -49,6 +51,7 @@ def cached_backward(encode: Encode, micro_batches: Sequence[Any], loss_fn: Loss,
             (e.g. the logit scale) are accumulated as usual.
         device: where the model runs (for the RNG state to replay).
         before_last: called before the last micro-batch's backward, e.g. to leave DDP's ``no_sync``.
+        model: whose buffers the no-gradient pass must leave as they were (running statistics).
 
     Returns:
         The detached loss. Parameter ``.grad``\\ s hold the whole batch's gradient (accumulated: zero
@@ -56,12 +59,15 @@ def cached_backward(encode: Encode, micro_batches: Sequence[Any], loss_fn: Loss,
     """
     device = torch.device(device)
     states, images, texts = [], [], []
+    buffers = [(b, b.clone()) for b in model.buffers()] if model is not None else []
     with torch.no_grad():
         for part in micro_batches:
             states.append(_rng_state(device))
             image, text = encode(part)
             images.append(image)
             texts.append(text)
+        for buffer, saved in buffers:
+            buffer.copy_(saved)
     image_all = torch.cat(images).detach().requires_grad_()
     text_all = torch.cat(texts).detach().requires_grad_()
     loss = loss_fn(image_all, text_all)

@@ -188,6 +188,8 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     family = model.cfg.to_dict()["family"]
     objective = None if family == "dual_encoder" else objective_module(family).compute_losses
+    if objective is not None and cfg.accum_steps > 1:
+        raise ConfigError(f"accum_steps > 1 works for dual encoders; preset {cfg.preset!r} is a {family} model (set accum_steps: 1)")
     precision = resolve_precision(cfg.precision)
     if cfg.progress or precision.slow:
         print(precision.note, file=sys.stderr, flush=True)
@@ -442,7 +444,7 @@ def _train_batch(run: _Run, cfg: TrainConfig, out: Path, batch, step: int) -> tu
         else:
             result = train_step(run.model, run.optimizer, batch.images, texts, loss_name=cfg.loss, bf16=run.bf16,
                                 grad_clip=cfg.grad_clip, step=step, negative_tokens=negatives, pooled_text=run.text_cache is not None,
-                                attention=cfg.attention_kernel, loss_chunk_size=cfg.loss_chunk_size)
+                                attention=cfg.attention_kernel, loss_chunk_size=cfg.loss_chunk_size, accum_steps=cfg.accum_steps)
     except TrainingDiverged as e:
         kept = out / CHECKPOINT_DIR
         where = f"the last good checkpoint {kept} (step {_saved_step(kept)}) is kept" if kept.exists() else "no checkpoint had been written yet"

@@ -12,6 +12,7 @@ from coembed.layers.kernels import attention_kernel
 from coembed.losses.chunked import chunked_clip_loss, chunked_siglip_loss
 from coembed.losses.contrastive import clip_loss, negclip_loss, siglip_loss, triplet_loss
 from coembed.models.dual_encoder import MAX_LOGIT_SCALE, DualEncoder, DualEncoderOutput
+from coembed.train.grad_cache import cached_backward
 
 
 def contrastive_loss(name: str, out: DualEncoderOutput, negative_emb: torch.Tensor | None = None,
@@ -66,6 +67,7 @@ def train_step(
     pooled_text: bool = False,
     attention: str = "auto",
     loss_chunk_size: int = 0,
+    accum_steps: int = 1,
 ) -> StepResult:
     """Run one update; a non-finite loss or gradient raises before the weights change.
 
@@ -73,20 +75,24 @@ def train_step(
     ``pooled_text``, ``tokens`` and ``negative_tokens`` are a frozen tower's cached pooled features
     (B, hidden) instead of token ids, and only the projection runs on the text side. ``attention``
     picks the SDPA kernel (:func:`coembed.layers.kernels.attention_kernel`); ``loss_chunk_size`` > 0
-    selects the memory-linear loss (:func:`contrastive_loss`).
+    selects the memory-linear loss (:func:`contrastive_loss`). ``accum_steps`` > 1 embeds the batch in
+    that many micro-batches through a feature cache (:mod:`coembed.train.grad_cache`): the loss and
+    gradients of the whole batch, with activations held for one micro-batch at a time.
     """
     model.train()
     encode_text = model.project_text if pooled_text else model.encode_text
     with attention_kernel(attention, images.device, bf16=bf16):
-        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = DualEncoderOutput(image_emb=model.encode_image(images, normalize=True), text_emb=encode_text(tokens, normalize=True),
-                                    logit_scale=model.temperature(), logit_bias=model.logit_bias)
-            negatives = encode_text(negative_tokens, normalize=True) if negative_tokens is not None else None
-        loss = contrastive_loss(loss_name, out, negatives, chunk_size=loss_chunk_size)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if accum_steps > 1:
+            loss = _cached_step(model, encode_text, images, tokens, loss_name, bf16, accum_steps, loss_chunk_size, negative_tokens)
+        else:
+            with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = DualEncoderOutput(image_emb=model.encode_image(images, normalize=True), text_emb=encode_text(tokens, normalize=True),
+                                        logit_scale=model.temperature(), logit_bias=model.logit_bias)
+                negatives = encode_text(negative_tokens, normalize=True) if negative_tokens is not None else None
+            loss = contrastive_loss(loss_name, out, negatives, chunk_size=loss_chunk_size)
+            loss.backward()
+        _check_loss(loss, step)  # before the update: the weights stay as they were
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
     if not torch.isfinite(norm):
         raise TrainingDiverged(f"gradient norm became {norm.item()} at step {step}")
@@ -94,3 +100,25 @@ def train_step(
     with torch.no_grad():  # as OpenCLIP: keep the learned temperature within [1, 100]
         model.logit_scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
     return StepResult(loss=loss.item(), grad_norm=norm.item())
+
+
+def _check_loss(loss: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"loss became {loss.item()} at step {step}")
+
+
+def _cached_step(model, encode_text, images, tokens, loss_name, bf16, accum_steps, chunk_size, negative_tokens) -> torch.Tensor:
+    """Backward of the whole batch's loss through ``accum_steps`` micro-batches (a feature cache)."""
+    if negative_tokens is not None:
+        raise ValueError("accum_steps > 1 does not support hard negatives yet")
+
+    def encode(part):
+        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return model.encode_image(part[0], normalize=True), encode_text(part[1], normalize=True)
+
+    def loss_fn(image_emb, text_emb):
+        out = DualEncoderOutput(image_emb=image_emb, text_emb=text_emb, logit_scale=model.temperature(), logit_bias=model.logit_bias)
+        return contrastive_loss(loss_name, out, chunk_size=chunk_size)
+
+    parts = list(zip(images.chunk(accum_steps), tokens.chunk(accum_steps)))
+    return cached_backward(encode, parts, loss_fn, images.device, model=model)

@@ -112,6 +112,8 @@ def test_unknown_key_from_file_is_named(tmp_path: Path) -> None:
         ("attention_kernel=flash", "attention_kernel", "flash"),
         ("loss_chunk_size=-1", "loss_chunk_size", "-1"),
         ("loss_chunk_size=1.5", "loss_chunk_size", "1.5"),
+        ("accum_steps=0", "accum_steps", "0"),
+        ("accum_steps=two", "accum_steps", "two"),
         ("batch_size=abc", "batch_size", "abc"),
         ("batch_size=2.5", "batch_size", "2.5"),
         ("lr=-1", "lr", "-1"),
@@ -213,3 +215,9 @@ def test_negative_types_accept_a_list_or_a_comma_string_and_name_bad_values() ->
     for bad in ([], [3], 7):
         with pytest.raises(ValueError, match="negative_types"):
             TrainConfig(data="d", out="o", negative_types=bad)
+
+
+@pytest.mark.parametrize("other", ["loss=triplet", "hard_negatives=true"])
+def test_accumulation_with_what_it_cannot_compute_is_refused(other: str) -> None:
+    with pytest.raises(ConfigError, match="accum_steps > 1 needs loss 'clip' or 'siglip' without hard_negatives"):
+        build_train_config(dict(BASE), None, ["accum_steps=4", other])

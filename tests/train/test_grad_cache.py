@@ -92,3 +92,18 @@ def test_accumulating_micro_batch_losses_is_not_the_same():
     for part in zip(x_img.chunk(4), x_txt.chunk(4)):
         (naive.loss("clip", *naive.encode(part)) / 4).backward()
     assert (naive.image[0].weight.grad - reference.image[0].weight.grad).abs().max() > 1e-3
+
+
+def test_running_statistics_are_updated_once_per_micro_batch():
+    """Reference: one with-gradient pass over the micro-batches updates BatchNorm's running stats."""
+    parts = [(torch.randn(6, 8, generator=torch.Generator().manual_seed(i)), torch.randn(6, 6)) for i in range(3)]
+    reference, model = _Towers(), _Towers()
+    for towers in (reference, model):
+        towers.image.insert(1, torch.nn.BatchNorm1d(32))
+    for p in parts:
+        reference.encode(p)
+    cached_backward(model.encode, parts, lambda i, t: model.loss("clip", i, t), model=model)
+    bn, want = model.image[1], reference.image[1]
+    torch.testing.assert_close(bn.running_mean, want.running_mean)
+    torch.testing.assert_close(bn.running_var, want.running_var)
+    assert int(bn.num_batches_tracked) == 3

@@ -385,3 +385,21 @@ def test_validation_zeroshot_equals_the_eval_suite(short_run, shapes_data: Path)
     metrics = evaluate(coembed.load(result.checkpoint), shapes_data, "val").metrics
     for attribute in ("shape", "color"):
         assert result.last_val[f"val_zeroshot_{attribute}"] == pytest.approx(metrics[f"zeroshot_{attribute}"]["acc1"], abs=1e-12)
+
+
+def test_accumulated_run_trains_like_the_whole_batch(shapes_data: Path, tiny_settings: dict, tmp_path: Path) -> None:
+    """accum_steps splits each batch in the step only: same losses and (to float rounding) weights.
+    The patch stem: the conv stem's BatchNorm normalises each micro-batch by its own statistics."""
+    tiny_settings = {**tiny_settings, "model": {**tiny_settings["model"], "vision.stem": "patch"}}
+    kw = {"max_steps": 3, "log_every": 1, "val_every": 100, "precision": "fp32"}
+    train(_cfg(shapes_data, tmp_path / "whole", tiny_settings, **kw))
+    train(_cfg(shapes_data, tmp_path / "accum", tiny_settings, accum_steps=2, **kw))
+    for a, b in zip(_strip_speed(_lines(tmp_path / "whole")), _strip_speed(_lines(tmp_path / "accum")), strict=True):
+        assert a["step"] == b["step"]
+        for key in ("loss", "val_t2i_r1"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], abs=1e-4), (key, a["step"])
+    want = read_tensors(tmp_path / "whole" / "checkpoint" / "model.safetensors")
+    got = read_tensors(tmp_path / "accum" / "checkpoint" / "model.safetensors")
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-3, atol=1e-4, msg=k)

@@ -1,4 +1,5 @@
-"""One dual-encoder training step: the chunked loss option gives the naive step's update."""
+"""One dual-encoder training step: the chunked loss and feature-cache accumulation options give the
+naive step's update."""
 
 from __future__ import annotations
 
@@ -52,3 +53,19 @@ def test_chunked_loss_refuses_what_it_does_not_compute() -> None:
         contrastive_loss("triplet", out, chunk_size=2)
     with pytest.raises(ValueError, match="with hard negatives"):
         contrastive_loss("clip", out, copy.deepcopy(emb), chunk_size=2)
+
+
+@pytest.mark.parametrize(("loss", "bias", "chunk"), [("clip", None, 0), ("siglip", -10.0, 0), ("clip", None, 5)])
+@pytest.mark.parametrize("accum", [2, 3])
+def test_accumulated_micro_batches_update_as_one_batch(loss: str, bias: float | None, chunk: int, accum: int) -> None:
+    images, tokens = _batch()
+    whole, accumulated = _model(bias), _model(bias)
+    results = []
+    for model, k in [(whole, 1), (accumulated, accum)]:
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        results.append(train_step(model, optimizer, images, tokens, loss_name=loss, bf16=False, grad_clip=1.0, step=1,
+                                  loss_chunk_size=chunk, accum_steps=k))
+    assert results[0].loss == pytest.approx(results[1].loss, abs=1e-6)
+    assert results[0].grad_norm == pytest.approx(results[1].grad_norm, rel=1e-5)
+    for (name, a), b in zip(whole.state_dict().items(), accumulated.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
