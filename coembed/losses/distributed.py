@@ -34,7 +34,7 @@ class _GatherWithGrad(torch.autograd.Function):
         padded = x.new_zeros((longest, *x.shape[1:]))
         padded[: x.shape[0]] = x
         parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded.contiguous(), group=group)
+        dist.all_gather(parts, padded, group=group)
         ctx.group, ctx.sizes, ctx.rank = group, sizes_list, dist.get_rank(group)
         return torch.cat([p[:n] for p, n in zip(parts, sizes_list)])
 
@@ -63,12 +63,11 @@ def gather_with_grad(x: Tensor, group=None) -> Tensor:
     return _GatherWithGrad.apply(x, group)
 
 
-def _offset_and_total(x: Tensor, group) -> tuple[int, int]:
-    """The first global row of this rank's ``x``, and the global batch size."""
+def _offset(x: Tensor, group) -> int:
+    """The first global row of this rank's ``x``."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
-        return 0, x.shape[0]
-    counts = _sizes(x.shape[0], x.device, group)
-    return sum(counts[: dist.get_rank(group)]), sum(counts)
+        return 0
+    return sum(_sizes(x.shape[0], x.device, group)[: dist.get_rank(group)])
 
 
 def local_clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float, group=None) -> Tensor:
@@ -77,8 +76,8 @@ def local_clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | f
     Rows computed here: local images against all texts, local texts against all images
     (``2 * B_r * B`` logits instead of ``B * B``). Summed over ranks: ``clip_loss`` of the combined batch.
     """
-    offset, total = _offset_and_total(image_emb, group)
-    all_images, all_texts = gather_with_grad(image_emb, group), gather_with_grad(text_emb, group)
+    offset, all_images, all_texts = _offset(image_emb, group), gather_with_grad(image_emb, group), gather_with_grad(text_emb, group)
+    total = all_images.shape[0]
     dtype = torch.promote_types(image_emb.dtype, torch.float32)
     targets = torch.arange(offset, offset + image_emb.shape[0], device=image_emb.device)
     per_image = logit_scale * (image_emb @ all_texts.T).to(dtype)
@@ -91,8 +90,8 @@ def local_siglip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor |
     """This rank's share of SigLIP's pairwise sigmoid loss over the global batch: local images against
     all texts (positives on this rank's own block). Summed over ranks: ``siglip_loss`` of the
     combined batch (a sum over all ``B * B`` pairs, divided by ``B``)."""
-    offset, total = _offset_and_total(image_emb, group)
-    all_texts = gather_with_grad(text_emb, group)
+    offset, all_texts = _offset(image_emb, group), gather_with_grad(text_emb, group)
+    total = all_texts.shape[0]
     dtype = torch.promote_types(image_emb.dtype, torch.float32)
     logits = logit_scale * (image_emb @ all_texts.T).to(dtype) + logit_bias
     labels = -torch.ones_like(logits)
