@@ -120,8 +120,8 @@ if G:
     from sklearn.feature_extraction.text import TfidfVectorizer
     NBR = {}
     orig_prepare = loop._prepare
-    def _prepare(cfg, resume):
-        run = orig_prepare(cfg, resume)
+    def _prepare(cfg, resume, env):
+        run = orig_prepare(cfg, resume, env)
         t = time.time()
         texts = [s.captions[0] for s in run.dataset.samples]
         X = TfidfVectorizer(ngram_range=(1, 2)).fit_transform(texts).astype(np.float32)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from coembed.cli.common import eprint, positive_int, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model", description="Train a dual encoder (CLIP/SigLIP) on a dataset folder.")
+    p = sub.add_parser("train", help="train a model",
+                       description="Train a model (dual encoder, fusion encoder, ...) on a dataset folder. Under torchrun "
+                                   "(`torchrun --nproc_per_node N -m coembed.train ...`) the processes share each batch.")
     p.add_argument("--data", help="dataset folder (captions.jsonl or CSV, or a folder with train/ val/ splits)")
     p.add_argument("--out", help="run folder: checkpoints, metrics.jsonl")
     p.add_argument("--preset", help="model preset (see `coembed.list_presets()`); default tiny")
@@ -31,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
             "max_steps": args.max_steps, "progress": False if args.no_progress else None}
     cfg = build_train_config(base, args.config, args.sets)
     result = train(cfg, resume=args.resume)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for the job
+        return 0
     summary = {"out": str(result.out), "checkpoint": str(result.checkpoint), "steps": result.steps,
                "samples_seen": result.samples_seen, "seconds": round(result.seconds, 1),
                "last_loss": result.last_loss, "last_val": result.last_val, "skipped": result.skipped.total}

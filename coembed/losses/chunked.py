@@ -31,7 +31,7 @@ from torch import Tensor
 
 from coembed.losses.contrastive import _check_pair, _check_scalar
 
-__all__ = ["chunked_clip_loss", "chunked_siglip_loss", "default_chunk_size"]
+__all__ = ["chunked_clip_loss", "chunked_row_cross_entropy", "chunked_sigmoid_rows", "chunked_siglip_loss", "default_chunk_size"]
 
 _BLOCK_ELEMENTS = 1 << 24  # 16 M entries: 64 MiB per float32 block
 
@@ -119,41 +119,76 @@ class _ChunkedClip(torch.autograd.Function):
 
 class _ChunkedSiglip(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, img: Tensor, txt: Tensor, scale: Tensor, bias: Tensor, chunk: int) -> Tensor:
+    def forward(ctx, img: Tensor, txt: Tensor, scale: Tensor, bias: Tensor, chunk: int, offset: int, denominator: int) -> Tensor:
+        # Image rows against every text; image i's positive is text ``offset + i`` (0 on one process).
         dtype = torch.promote_types(img.dtype, torch.float32)
         imgc, txtc, s, b = img.to(dtype), txt.to(dtype), scale.to(dtype), bias.to(dtype)
-        batch = img.shape[0]
         total = torch.zeros((), dtype=torch.float64, device=img.device)  # a sum over B * B terms
-        for start, end in _blocks(batch, chunk):
+        for start, end in _blocks(img.shape[0], chunk):
             logits = (imgc[start:end] @ txtc.T).mul_(s).add_(b)
-            diag = logits[:, start:end].diagonal().clone()
+            diag = logits[:, offset + start : offset + end].diagonal().clone()
             # every pair as a negative (label -1), then the diagonal corrected to label +1
             total += torch.nn.functional.softplus(logits).sum()
             total += (torch.nn.functional.softplus(-diag) - torch.nn.functional.softplus(diag)).sum()
         ctx.save_for_backward(img, txt, scale, bias)
-        ctx.chunk = chunk
-        return (total / batch).to(dtype)
+        ctx.chunk, ctx.offset, ctx.denominator = chunk, offset, denominator
+        return (total / denominator).to(dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         img, txt, scale, bias = ctx.saved_tensors
         dtype = torch.promote_types(img.dtype, torch.float32)
         imgc, txtc, s, b = img.to(dtype), txt.to(dtype), scale.to(dtype), bias.to(dtype)
-        batch = img.shape[0]
-        weight = grad_out.to(dtype) / batch
+        weight = grad_out.to(dtype) / ctx.denominator
         grad_img = torch.empty_like(imgc)
         grad_txt = torch.zeros_like(txtc)
         grad_scale = torch.zeros((), dtype=torch.float64, device=img.device)  # sums over B * B terms
         grad_bias = torch.zeros((), dtype=torch.float64, device=img.device)
-        for start, end in _blocks(batch, ctx.chunk):
+        for start, end in _blocks(img.shape[0], ctx.chunk):
             sims = imgc[start:end] @ txtc.T
             grad = (sims * s).add_(b).sigmoid_()
-            grad[:, start:end].diagonal().sub_(1)
+            grad[:, ctx.offset + start : ctx.offset + end].diagonal().sub_(1)
             grad.mul_(weight)
             grad_bias += grad.sum(dtype=torch.float64)
             grad_scale += _backprop_block(grad, sims, s, imgc, txtc, start, end, grad_img, grad_txt)
         return (grad_img.to(img.dtype), grad_txt.to(txt.dtype), grad_scale.to(scale.dtype),
-                grad_bias.to(bias.dtype), None)
+                grad_bias.to(bias.dtype), None, None, None)
+
+
+class _ChunkedRowCE(torch.autograd.Function):
+    """``sum_i (logsumexp_j(s * q_i . k_j) - s * q_i . k_{offset+i}) / denominator``: softmax cross
+    entropy of query rows against every key, in blocks of rows. Half of CLIP's loss on one rank,
+    whose queries are its local images (or texts) and keys all ranks' texts (or images)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, scale: Tensor, chunk: int, offset: int, denominator: int) -> Tensor:
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        qc, kc, s = q.to(dtype), k.to(dtype), scale.to(dtype)
+        lse = torch.empty(q.shape[0], dtype=dtype, device=q.device)
+        total = torch.zeros((), dtype=torch.float64, device=q.device)
+        for start, end in _blocks(q.shape[0], chunk):
+            logits = (qc[start:end] @ kc.T).mul_(s)
+            lse[start:end] = torch.logsumexp(logits, dim=1)
+            total += (lse[start:end] - logits[:, offset + start : offset + end].diagonal()).sum()
+        ctx.save_for_backward(q, k, scale, lse)
+        ctx.chunk, ctx.offset, ctx.denominator = chunk, offset, denominator
+        return (total / denominator).to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        q, k, scale, lse = ctx.saved_tensors
+        dtype = lse.dtype
+        qc, kc, s = q.to(dtype), k.to(dtype), scale.to(dtype)
+        weight = grad_out.to(dtype) / ctx.denominator
+        grad_q, grad_k = torch.empty_like(qc), torch.zeros_like(kc)
+        grad_scale = torch.zeros((), dtype=torch.float64, device=q.device)
+        for start, end in _blocks(q.shape[0], ctx.chunk):
+            sims = qc[start:end] @ kc.T
+            grad = (sims * s).sub_(lse[start:end, None]).exp_()  # softmax over keys, per query
+            grad[:, ctx.offset + start : ctx.offset + end].diagonal().sub_(1)
+            grad.mul_(weight)
+            grad_scale += _backprop_block(grad, sims, s, qc, kc, start, end, grad_q, grad_k)
+        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_scale.to(scale.dtype), None, None, None
 
 
 def chunked_clip_loss(
@@ -202,4 +237,21 @@ def chunked_siglip_loss(
     _check_scalar(logit_bias, "logit_bias")
     chunk = _resolve_chunk(chunk_size, image_emb.shape[0])
     scale, bias = _as_scalar(logit_scale, image_emb), _as_scalar(logit_bias, image_emb)
-    return _ChunkedSiglip.apply(image_emb, text_emb, scale, bias, chunk)
+    return _ChunkedSiglip.apply(image_emb, text_emb, scale, bias, chunk, 0, image_emb.shape[0])
+
+
+def chunked_row_cross_entropy(queries: Tensor, keys: Tensor, logit_scale: Tensor, chunk_size: int | None, *,
+                              offset: int, denominator: int) -> Tensor:
+    """Query ``i``'s softmax cross entropy over all ``keys`` with target ``offset + i``, summed and
+    divided by ``denominator``, holding ``chunk_size`` rows of logits at a time."""
+    chunk = _resolve_chunk(chunk_size, queries.shape[0])
+    return _ChunkedRowCE.apply(queries, keys, _as_scalar(logit_scale, queries), chunk, offset, denominator)
+
+
+def chunked_sigmoid_rows(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, logit_bias: Tensor, chunk_size: int | None, *,
+                         offset: int, denominator: int) -> Tensor:
+    """SigLIP's pairwise loss of image rows against all texts (image ``i``'s positive is text
+    ``offset + i``), summed and divided by ``denominator``, ``chunk_size`` rows at a time."""
+    chunk = _resolve_chunk(chunk_size, image_emb.shape[0])
+    return _ChunkedSiglip.apply(image_emb, text_emb, _as_scalar(logit_scale, image_emb), _as_scalar(logit_bias, image_emb),
+                                chunk, offset, denominator)

@@ -22,7 +22,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["gather_with_grad", "local_clip_loss", "local_siglip_loss"]
+from coembed.losses.chunked import chunked_row_cross_entropy, chunked_sigmoid_rows
+
+__all__ = ["gather_with_grad", "local_chunked_clip_loss", "local_chunked_siglip_loss", "local_clip_loss", "local_siglip_loss"]
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -98,3 +100,21 @@ def local_siglip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor |
     rows = torch.arange(image_emb.shape[0], device=image_emb.device)
     labels[rows, rows + offset] = 1
     return -F.logsigmoid(labels * logits).sum() / total
+
+
+def local_chunked_clip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, chunk_size: int | None = None,
+                            group=None) -> Tensor:
+    """:func:`local_clip_loss` holding only ``chunk_size`` local rows of logits at a time (the
+    memory-linear loss of :mod:`coembed.losses.chunked`, across ranks): ``O(chunk x B)`` memory."""
+    offset, all_images, all_texts = _offset(image_emb, group), gather_with_grad(image_emb, group), gather_with_grad(text_emb, group)
+    denominator = 2 * all_images.shape[0]
+    return (chunked_row_cross_entropy(image_emb, all_texts, logit_scale, chunk_size, offset=offset, denominator=denominator)
+            + chunked_row_cross_entropy(text_emb, all_images, logit_scale, chunk_size, offset=offset, denominator=denominator))
+
+
+def local_chunked_siglip_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, logit_bias: Tensor,
+                              chunk_size: int | None = None, group=None) -> Tensor:
+    """:func:`local_siglip_loss` holding only ``chunk_size`` local rows of logits at a time."""
+    offset, all_texts = _offset(image_emb, group), gather_with_grad(text_emb, group)
+    return chunked_sigmoid_rows(image_emb, all_texts, logit_scale, logit_bias, chunk_size, offset=offset,
+                                denominator=all_texts.shape[0])

@@ -14,6 +14,7 @@ from coembed.layers.kernels import ATTENTION_KERNELS
 from coembed.train.precision import PRECISIONS
 
 LOSSES = ("clip", "siglip", "triplet")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(kw_only=True)
@@ -53,6 +54,8 @@ class TrainConfig:
     # torch.compile (inductor) every Transformer stack of the model: costs a one-off compile (~1 min
     # on a 2-core CPU for `tiny`), then faster steps; text lengths vary, so shapes are dynamic.
     compile: bool = False
+    # Where to train: "auto" = this process's GPU (LOCAL_RANK under torchrun) when there is one, else the CPU.
+    device: str = "auto"
     workers: int = 1  # DataLoader processes; unused with cache_images
     cache_images: bool = False  # decode training images once into RAM (uint8) and batch in-process
     seed: int = 0
@@ -67,6 +70,7 @@ class TrainConfig:
         self._check_types()
         checks = [
             (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
+            (self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
             (self.attention_kernel in ATTENTION_KERNELS,
              f"attention_kernel must be one of {ATTENTION_KERNELS}, got {self.attention_kernel!r}"),
@@ -146,7 +150,7 @@ def _name_list(field_name: str, value: Any, what: str) -> list[str] | None:
     return list(value)
 
 
-_STR_FIELDS = ("data", "out", "preset", "loss", "precision", "attention_kernel")
+_STR_FIELDS = ("data", "out", "preset", "loss", "precision", "attention_kernel", "device")
 _INT_FIELDS = ("batch_size", "max_steps", "captions_per_image", "warmup_steps", "workers", "seed", "vocab_size", "log_every", "val_every",
                "save_every", "val_samples", "loss_chunk_size", "accum_steps")
 _FLOAT_FIELDS = ("epochs", "lr", "weight_decay", "eps", "grad_clip")

@@ -20,6 +20,7 @@ from coembed.layers.kernels import attention_kernel
 from coembed.models.dual_encoder import MAX_LOGIT_SCALE
 from coembed.models.families import OBJECTIVES
 from coembed.objectives import FusionBatch
+from coembed.train.distributed import DistEnv, all_reduce_gradients, broadcast_state
 from coembed.train.step import StepResult
 
 
@@ -47,6 +48,12 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + 7919 * step)
 
 
+def _rank_generator(seed: int, step: int, env: DistEnv | None) -> torch.Generator:
+    """:func:`step_generator`, offset per rank so ranks draw different negatives and masks."""
+    rank = env.rank if env is not None else 0
+    return step_generator(seed + 104_729 * rank, step) if rank else step_generator(seed, step)
+
+
 def fusion_train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -60,22 +67,28 @@ def fusion_train_step(
     bf16: bool,
     grad_clip: float | None,
     attention: str = "auto",
+    env: DistEnv | None = None,
 ) -> StepResult:
     """Run one update; a non-finite loss or gradient raises before the weights change.
 
-    Returns the weighted total as ``loss`` and each unweighted term in ``terms``.
+    Returns the weighted total as ``loss`` and each unweighted term in ``terms``. With a multi-process
+    ``env``, ``batch`` is this rank's share: its objective (with rank-local negatives) is computed
+    here, gradients are averaged over ranks and ``loss`` is the ranks' mean.
     """
     model.train()
     device = batch.images.device
     with attention_kernel(attention, device, bf16=bf16):
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            terms = compute_losses(model, batch, progress=progress, weights=weights, generator=step_generator(seed, step))
-        loss = weighted_total(terms, weights)
-        if not torch.isfinite(loss):
-            detail = ", ".join(f"{k} {v.item():.4g}" for k, v in terms.items())
-            raise TrainingDiverged(f"loss became {loss.item()} at step {step} ({detail})")
         optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            terms = compute_losses(model, batch, progress=progress, weights=weights, generator=_rank_generator(seed, step, env))
+        loss = weighted_total(terms, weights)
         loss.backward()
+    if env is not None and env.enabled:  # each rank's objective on its own pairs: average, as DDP
+        all_reduce_gradients(model, env, average=True)
+        loss = torch.tensor(env.sum([loss.item()])[0] / env.world_size)
+    if not torch.isfinite(loss):  # before the update: the weights stay as they were
+        detail = ", ".join(f"{k} {v.item():.4g}" for k, v in terms.items())
+        raise TrainingDiverged(f"loss became {loss.item()} at step {step} ({detail})")
     params = [p for p in model.parameters() if p.requires_grad]
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
     if not torch.isfinite(norm):
@@ -85,4 +98,6 @@ def fusion_train_step(
     if isinstance(scale, torch.Tensor):
         with torch.no_grad():
             scale.clamp_(0, math.log(MAX_LOGIT_SCALE))
+    if env is not None and env.enabled:
+        broadcast_state(model, env, parameters=False)  # rank 0's buffers (statistics, queues) everywhere
     return StepResult(loss=loss.item(), grad_norm=norm.item(), terms={k: v.item() for k, v in terms.items()})

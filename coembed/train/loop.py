@@ -7,6 +7,10 @@ from :data:`coembed.models.families.OBJECTIVES`.
 Determinism: the sample order of epoch ``e`` is a permutation seeded by ``(seed, e)`` and the caption
 drawn for a sample depends only on ``(seed, e, index)``, so a resumed run replays exactly the batches an
 uninterrupted run would have seen.
+
+Under ``torchrun`` (:mod:`coembed.train.distributed`) every rank draws the same global batch and loads
+its own slice of it; the loss spans the global batch, gradients are summed over ranks, and rank 0
+alone logs, validates and saves.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from coembed.presets import apply_overrides, get_preset, has_setting, new_model
 from coembed.tokenizer import Tokenizer
 from coembed.towers.hf_text import HFTextConfig, read_tokenizer
 from coembed.train.config import TrainConfig
+from coembed.train.distributed import DistEnv, broadcast_state, from_env
 from coembed.train.precision import resolve_precision
 from coembed.train.optim import build_optimizer, cosine_lr, set_lr
 from coembed.train.state import Progress, load_run_state, save_run_checkpoint
@@ -53,10 +58,12 @@ RESUME_INVARIANTS = ("data", "preset", "model", "init_from", "init_prefixes", "l
 
 
 class EpochBatchSampler(Sampler[list[int]]):
-    """Batches of a seeded permutation of ``range(n)``, starting at batch ``start`` (drop-last)."""
+    """Batches of a seeded permutation of ``range(n)``, starting at batch ``start`` (drop-last); with
+    ``env``, this rank's slice of each (:meth:`DistEnv.local_slice`)."""
 
-    def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int, start: int = 0) -> None:
+    def __init__(self, n: int, batch_size: int, *, seed: int, epoch: int, start: int = 0, env: DistEnv | None = None) -> None:
         self.n, self.batch_size, self.seed, self.epoch, self.start = n, batch_size, seed, epoch, start
+        self.env = env or DistEnv()
 
     def __len__(self) -> int:
         return self.n // self.batch_size - self.start
@@ -65,7 +72,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
         for b in range(self.start, self.n // self.batch_size):
-            yield order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.env.local_slice(order[b * self.batch_size : (b + 1) * self.batch_size])
 
 
 @dataclass
@@ -98,6 +105,7 @@ class _Run:
     text_cache: TextFeatureCache | None = None  # pooled caption features of a frozen text tower
     objective: Callable[..., dict[str, torch.Tensor]] | None = None  # a fusion family's compute_losses; None: contrastive step
     bf16: bool = False  # cfg.precision resolved for this machine (coembed.train.precision)
+    env: DistEnv = field(default_factory=DistEnv)  # this process's rank, world size and device
 
 
 def _worker_init(_: int) -> None:
@@ -153,7 +161,7 @@ def _norm(value):
     return json.loads(json.dumps(value))
 
 
-def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
+def _prepare(cfg: TrainConfig, resume: bool, env: DistEnv) -> _Run:
     torch.manual_seed(cfg.seed)
     train_dir = split_root(cfg.data, "train")
     samples, skipped = read_samples(train_dir)
@@ -167,12 +175,17 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
     else:
         model, tokenizer = _new_model(cfg, samples)
         if cfg.init_from:
-            print(warm_start(model, cfg.init_from, cfg.init_prefixes).summary(), file=sys.stderr, flush=True)
+            summary = warm_start(model, cfg.init_from, cfg.init_prefixes).summary()
+            if env.is_main:
+                print(summary, file=sys.stderr, flush=True)
     if cfg.hard_negatives and not any(s.meta.get("negatives") for s in samples):
         raise ConfigError(f"hard_negatives is on but no training sample in {train_dir} has a 'negatives' list of false captions")
     if cfg.loss == "siglip" and getattr(model, "logit_bias", None) is None:
         raise ConfigError(f"loss 'siglip' needs a model with a logit_bias, and preset {cfg.preset!r} has none; "
                           "use preset tiny-siglip or set model.init_logit_bias")
+    _check_distributed(cfg, env)
+    model.to(env.device)
+    broadcast_state(model, env)  # every rank starts from rank 0's weights
     if cfg.compile:
         compile_transformers(model)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
@@ -180,6 +193,8 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
     if resume:
         progress, saved_cfg = load_run_state(resolve(out / CHECKPOINT_DIR), optimizer)
         _check_resume_compatible(cfg, saved_cfg)
+    if env.rank:  # dropout and patch-dropout masks differ between ranks; rank 0 keeps a single process's stream
+        torch.manual_seed(cfg.seed * 1_000_003 + 104_729 * env.rank + progress.step)
     dataset = ImageTextDataset(train_dir, samples, default_preprocess(model), caption_mode="random", seed=cfg.seed,
                                with_negatives=cfg.hard_negatives, negative_types=cfg.negative_types)
     if cfg.cache_images:
@@ -190,11 +205,23 @@ def _prepare(cfg: TrainConfig, resume: bool) -> _Run:
     objective = None if family == "dual_encoder" else objective_module(family).compute_losses
     if objective is not None and cfg.accum_steps > 1:
         raise ConfigError(f"accum_steps > 1 works for dual encoders; preset {cfg.preset!r} is a {family} model (set accum_steps: 1)")
-    precision = resolve_precision(cfg.precision)
-    if cfg.progress or precision.slow:
+    precision = resolve_precision(cfg.precision, env.device.type)
+    if env.is_main and (cfg.progress or precision.slow):
         print(precision.note, file=sys.stderr, flush=True)
     return _Run(model, tokenizer, optimizer, progress, dataset, _val_split(cfg), total, steps_per_epoch, skipped, objective=objective,
-                bf16=precision.name == "bf16")
+                bf16=precision.name == "bf16", env=env)
+
+
+def _check_distributed(cfg: TrainConfig, env: DistEnv) -> None:
+    """Settings that do not (yet) span ranks, refused before any work."""
+    if not env.enabled:
+        return
+    if cfg.batch_size < 2 * env.world_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} is the global batch and must give each of the {env.world_size} "
+                          f"ranks at least 2 pairs (>= {2 * env.world_size})")
+    if cfg.loss == "triplet" or cfg.hard_negatives:
+        raise ConfigError("across ranks the losses are 'clip' and 'siglip' without hard_negatives; "
+                          f"got loss {cfg.loss!r}{' with hard_negatives' if cfg.hard_negatives else ''}")
 
 
 def _val_split(cfg: TrainConfig) -> tuple[Path, list, dict | None] | None:
@@ -207,7 +234,7 @@ def _val_split(cfg: TrainConfig) -> tuple[Path, list, dict | None] | None:
 
 def _loader(run: _Run, cfg: TrainConfig, epoch: int, start: int) -> DataLoader:
     run.dataset.set_epoch(epoch)
-    sampler = EpochBatchSampler(len(run.dataset), cfg.batch_size, seed=cfg.seed, epoch=epoch, start=start)
+    sampler = EpochBatchSampler(len(run.dataset), cfg.batch_size, seed=cfg.seed, epoch=epoch, start=start, env=run.env)
     # Its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG at
     # every iteration, so a run resumed mid-epoch would continue with a different RNG state.
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -310,9 +337,12 @@ def _line_step(line: str) -> int | None:
         return None  # a line cut short by a crash
 
 
-def _save(run: _Run, cfg: TrainConfig, out: Path) -> Path:
-    config = checkpoint_config(run.model, default_preprocess(run.model), preset=cfg.preset, **tokenizer_section(run.tokenizer))
-    return save_run_checkpoint(out, run.model, config, run.tokenizer.to_str(), run.optimizer, run.progress, cfg.to_dict())
+def _save(run: _Run, cfg: TrainConfig, out: Path) -> None:
+    """Checkpoint by rank 0 (every rank holds the same weights); the others wait until it is complete."""
+    if run.env.is_main:
+        config = checkpoint_config(run.model, default_preprocess(run.model), preset=cfg.preset, **tokenizer_section(run.tokenizer))
+        save_run_checkpoint(out, run.model, config, run.tokenizer.to_str(), run.optimizer, run.progress, cfg.to_dict())
+    run.env.barrier()
 
 
 # metrics.jsonl fields that depend on the machine and the moment, not on the run's maths: a resumed
@@ -332,15 +362,27 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     out = Path(cfg.out)
     if resume and not (out / CHECKPOINT_DIR).exists() and not (out / f"{CHECKPOINT_DIR}.old").exists():
         raise CheckpointError(f"--resume: no checkpoint in {out} to continue from")
-    run = _prepare(cfg, resume)
+    owns_group = not torch.distributed.is_initialized()
+    env = from_env(cfg.device)
+    try:
+        return _train(cfg, resume, env)
+    finally:
+        if owns_group and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, resume: bool, env: DistEnv) -> TrainResult:
+    out = Path(cfg.out)
+    run = _prepare(cfg, resume, env)
     out.mkdir(parents=True, exist_ok=True)  # only now: a user error must not leave an empty run folder
-    (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    log = MetricsLog(out / "metrics.jsonl", run.progress.step if resume else None)
+    if env.is_main:
+        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    log = MetricsLog(out / "metrics.jsonl", run.progress.step if resume else None) if env.is_main else None
     run.text_cache = _text_cache(run, cfg, out, log)
     skipped = SkipReport()
     skipped.merge(run.read_skips)
     start_time, last_loss = time.perf_counter(), float("nan")
-    bar = _progress_bar(cfg, run)
+    bar = _progress_bar(cfg, run) if env.is_main else None
     try:
         while run.progress.step < run.total_steps:
             epoch, offset = divmod(run.progress.step, run.steps_per_epoch)
@@ -348,6 +390,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     finally:
         if bar is not None:
             bar.close()
+    env.barrier()  # the last checkpoint is complete before any rank returns
     checkpoint = out / CHECKPOINT_DIR
     return TrainResult(out, checkpoint, run.progress.step, run.progress.samples_seen, time.perf_counter() - start_time,
                        last_loss, run.progress.last_val, skipped)
@@ -361,7 +404,7 @@ def _progress_bar(cfg: TrainConfig, run: _Run):
     return tqdm(total=run.total_steps, initial=run.progress.step, desc="train", unit="step", dynamic_ncols=True)
 
 
-def _text_cache(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog) -> TextFeatureCache | None:
+def _text_cache(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog | None) -> TextFeatureCache | None:
     """A frozen Hugging Face tower's pooled features of every training caption (and negative), computed
     once and kept in ``out``; None when the text tower trains."""
     text_cfg = getattr(run.model, "text_cfg", None)
@@ -380,46 +423,45 @@ def _text_cache(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog) -> Text
         return bars[-1].update
 
     start = time.perf_counter()
+    if not run.env.is_main:
+        run.env.barrier()  # rank 0 builds (or checks) the cache file first
     cache, computed = load_or_build(out / CACHE_FILE, run.model, run.tokenizer, captions, bf16=run.bf16,
-                                    progress=progress if cfg.progress else None)
+                                    progress=progress if cfg.progress and run.env.is_main else None)
+    if run.env.is_main:
+        run.env.barrier()
     for bar in bars:
         bar.close()
-    if computed:
+    if computed and log is not None:
         seconds = time.perf_counter() - start
         log.write({"step": run.progress.step, "text_cache_captions": len(cache.captions), "text_cache_seconds": round(seconds, 2)})
     return cache
 
 
-def _run_epoch(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog, skipped: SkipReport, bar, epoch: int, offset: int) -> float:
+def _run_epoch(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog | None, skipped: SkipReport, bar, epoch: int,
+               offset: int) -> float:
     loss = float("nan")
     window_start, window_samples = time.perf_counter(), 0
     for batch in _loader(run, cfg, epoch, offset):
-        _record_skips(run, batch, skipped)
+        pairs = _global_pairs(run, batch, skipped)
         step = run.progress.step + 1
-        if batch.images is None or len(batch.captions) < 2:
+        if pairs < 2:
             run.progress.step = step  # keep batch positions aligned with an uninterrupted run
             _check_not_all_bad(run, skipped)
         else:
             run.empty_batches = 0
             result, lr = _train_batch(run, cfg, out, batch, step)
             run.progress.step, loss = step, result.loss
-            run.progress.samples_seen += len(batch.captions)
-            window_samples += len(batch.captions)
-            if step % cfg.log_every == 0 or step == run.total_steps:
-                elapsed = time.perf_counter() - window_start
-                record = {"step": step, "epoch": epoch, "time": round(time.time(), 3), "loss": loss, "lr": lr, "grad_norm": result.grad_norm,
-                          "samples_per_s": window_samples / max(elapsed, 1e-9), **{f"loss_{k}": v for k, v in result.terms.items()}}
-                if hasattr(run.model, "temperature"):
-                    record["logit_scale"] = run.model.temperature().item()
-                log.write(record)
+            run.progress.samples_seen += pairs
+            window_samples += pairs
+            if log is not None and (step % cfg.log_every == 0 or step == run.total_steps):
+                sps = window_samples / max(time.perf_counter() - window_start, 1e-9)
+                _log_step(run, log, step, epoch, result, lr, sps)
                 window_start, window_samples = time.perf_counter(), 0
                 if bar is not None:
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", sps=f"{record['samples_per_s']:.0f}")
+                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", sps=f"{sps:.0f}")
         paused = time.perf_counter()  # validation and saving do not count against samples_per_s
         if run.val and (step % cfg.val_every == 0 or step == run.total_steps):
-            run.progress.last_val = validate(run.model, run.tokenizer, *run.val)
-            log.write({"step": step, "time": round(time.time(), 3), "val_s": round(time.perf_counter() - paused, 3),
-                       **run.progress.last_val})
+            _validate_on_main(run, log, step)
         if step % cfg.save_every == 0 or step == run.total_steps:
             _save(run, cfg, out)
         window_start += time.perf_counter() - paused
@@ -430,21 +472,53 @@ def _run_epoch(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog, skipped:
     return loss
 
 
+def _global_pairs(run: _Run, batch, skipped: SkipReport) -> int:
+    """The global batch's loadable pairs, 0 when some rank has none (every rank then skips the step,
+    as the collectives of a step need all of them); records every rank's unloadable images."""
+    local = 0 if batch.images is None else len(batch.captions)
+    counts = run.env.gather_objects((local, batch.skipped))
+    for _, failed in counts:
+        _record_skips(run, failed, skipped)
+    return 0 if min(n for n, _ in counts) == 0 else sum(n for n, _ in counts)
+
+
+def _log_step(run: _Run, log: MetricsLog, step: int, epoch: int, result: StepResult, lr: float, samples_per_s: float) -> None:
+    record = {"step": step, "epoch": epoch, "time": round(time.time(), 3), "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+              "samples_per_s": samples_per_s, **{f"loss_{k}": v for k, v in result.terms.items()}}
+    if hasattr(run.model, "temperature"):
+        record["logit_scale"] = run.model.temperature().item()
+    log.write(record)
+
+
+def _validate_on_main(run: _Run, log: MetricsLog | None, step: int) -> None:
+    """Validation by rank 0 (the others wait): the metrics land in ``run.progress`` and the log."""
+    if run.env.is_main:
+        start = time.perf_counter()
+        run.progress.last_val = validate(run.model, run.tokenizer, *run.val)
+        log.write({"step": step, "time": round(time.time(), 3), "val_s": round(time.perf_counter() - start, 3), **run.progress.last_val})
+    run.env.barrier()
+
+
 def _train_batch(run: _Run, cfg: TrainConfig, out: Path, batch, step: int) -> tuple[StepResult, float]:
     """One optimisation step on ``batch``; returns its result and learning rate."""
     lr = cosine_lr(step - 1, base_lr=cfg.lr, warmup_steps=cfg.warmup_steps, total_steps=run.total_steps)
     set_lr(run.optimizer, lr)
     texts, negatives = _text_inputs(run, batch)
+    device = run.env.device
+    images = batch.images.to(device, non_blocking=True)
+    texts = texts.to(device, non_blocking=True)
+    negatives = negatives.to(device, non_blocking=True) if negatives is not None else None
     try:
         if run.objective is not None:
-            fusion = FusionBatch(batch.images, texts, batch.indices, negatives if negatives is not None and len(negatives) == len(texts) else None)
+            fusion = FusionBatch(images, texts, batch.indices.to(device), negatives if negatives is not None and len(negatives) == len(texts) else None)
             result = fusion_train_step(run.model, run.optimizer, fusion, compute_losses=run.objective, weights=cfg.loss_weights,
                                        progress=(step - 1) / run.total_steps, seed=cfg.seed, step=step, bf16=run.bf16,
-                                       grad_clip=cfg.grad_clip, attention=cfg.attention_kernel)
+                                       grad_clip=cfg.grad_clip, attention=cfg.attention_kernel, env=run.env)
         else:
-            result = train_step(run.model, run.optimizer, batch.images, texts, loss_name=cfg.loss, bf16=run.bf16,
+            result = train_step(run.model, run.optimizer, images, texts, loss_name=cfg.loss, bf16=run.bf16,
                                 grad_clip=cfg.grad_clip, step=step, negative_tokens=negatives, pooled_text=run.text_cache is not None,
-                                attention=cfg.attention_kernel, loss_chunk_size=cfg.loss_chunk_size, accum_steps=cfg.accum_steps)
+                                attention=cfg.attention_kernel, loss_chunk_size=cfg.loss_chunk_size, accum_steps=cfg.accum_steps,
+                                env=run.env)
     except TrainingDiverged as e:
         kept = out / CHECKPOINT_DIR
         where = f"the last good checkpoint {kept} (step {_saved_step(kept)}) is kept" if kept.exists() else "no checkpoint had been written yet"
@@ -461,9 +535,9 @@ def _text_inputs(run: _Run, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     return run.tokenizer(batch.captions, context_length=context), negatives
 
 
-def _record_skips(run: _Run, batch, skipped: SkipReport) -> None:
-    """Count each unloadable image once per session, however many epochs meet it."""
-    for name, reason in batch.skipped:
+def _record_skips(run: _Run, failed: list[tuple[str, str]], skipped: SkipReport) -> None:
+    """Count each unloadable image (name, reason) once per session, however many epochs meet it."""
+    for name, reason in failed:
         if name in run.skipped_names:
             continue
         run.skipped_names.add(name)

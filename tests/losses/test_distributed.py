@@ -12,10 +12,18 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from coembed.losses.contrastive import clip_loss, siglip_loss
-from coembed.losses.distributed import gather_with_grad, local_clip_loss, local_siglip_loss
+from coembed.losses.distributed import (gather_with_grad, local_chunked_clip_loss, local_chunked_siglip_loss, local_clip_loss,
+                                        local_siglip_loss)
 
 SIZES = (5, 3)  # uneven local batches: ranks drop images that fail to load
 DIM = 16
+CHUNK = 2  # rows of logits per block in the chunked losses: several blocks per rank
+LOSSES = {  # this rank's share, from (local image features, local text features, scale, bias)
+    "clip": lambda i, t, s, b: local_clip_loss(i, t, s),
+    "siglip": local_siglip_loss,
+    "clip_chunked": lambda i, t, s, b: local_chunked_clip_loss(i, t, s, CHUNK),
+    "siglip_chunked": lambda i, t, s, b: local_chunked_siglip_loss(i, t, s, b, CHUNK),
+}
 
 
 def _data(dtype):
@@ -35,12 +43,9 @@ def _features_worker(rank: int, world: int, init: str, out: str) -> None:
     try:
         results = {}
         img, txt, scale, bias = _data(torch.float64)
-        for name in ("clip", "siglip"):
+        for name in LOSSES:
             leaves = [t.clone().requires_grad_() for t in (img[_rows(rank)], txt[_rows(rank)], scale, bias)]
-            if name == "clip":
-                share = local_clip_loss(leaves[0], leaves[1], leaves[2])
-            else:
-                share = local_siglip_loss(*leaves)
+            share = LOSSES[name](*leaves)
             share.backward()
             results[name] = [share.detach()] + [t.grad if t.grad is not None else torch.zeros(()) for t in leaves]
         gathered = gather_with_grad(img[_rows(rank)])
@@ -87,9 +92,9 @@ def _spawn(worker, tmp_path) -> list[dict]:
 def test_shares_and_gradients_equal_the_combined_batch(tmp_path):
     ranks = _spawn(_features_worker, tmp_path)
     img, txt, scale, bias = _data(torch.float64)
-    for name in ("clip", "siglip"):
+    for name in LOSSES:
         leaves = [t.clone().requires_grad_() for t in (img, txt, scale, bias)]
-        loss = clip_loss(*leaves[:3]) if name == "clip" else siglip_loss(*leaves)
+        loss = clip_loss(*leaves[:3]) if name.startswith("clip") else siglip_loss(*leaves)
         loss.backward()
         assert abs(sum(float(r[name][0]) for r in ranks) - float(loss.detach())) < 1e-12, name
         for rank, r in enumerate(ranks):
@@ -97,7 +102,7 @@ def test_shares_and_gradients_equal_the_combined_batch(tmp_path):
             torch.testing.assert_close(r[name][2], leaves[1].grad[_rows(rank)], rtol=0, atol=1e-12)
         # the scale (and bias) are replicated: their global gradient is the sum of the ranks' ones
         torch.testing.assert_close(ranks[0][name][3] + ranks[1][name][3], leaves[2].grad, rtol=0, atol=1e-12)
-        if name == "siglip":
+        if name.startswith("siglip"):
             torch.testing.assert_close(ranks[0][name][4] + ranks[1][name][4], leaves[3].grad, rtol=0, atol=1e-12)
     for r in ranks:
         torch.testing.assert_close(r["gathered"], img)
