@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
 
+from coembed.cli.main import main
 from coembed.data import shards
 from coembed.data.datasets import collate_image_text
 from coembed.data.shards import (
@@ -372,3 +373,25 @@ def test_tar_cut_between_members_is_reported_too(src: Path, tmp_path: Path) -> N
     items = list(ShardDataset(tmp_path / "cut.tar", TRANSFORM))
     assert [item[3] for item in items] == ["cut.tar/000000", "cut.tar"]
     assert "no end-of-archive marker" in items[1][4]
+
+
+# ----------------------------------------------------------------------------- command line
+def test_cli_shard_json_and_skip_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _dataset(tmp_path / "src", 5, bad=(2,))
+    assert main(["data", "shard", str(tmp_path / "src"), str(tmp_path / "out"), "--samples-per-shard", "2", "--json", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["samples"] == 4 and summary["shards"] == 3 and summary["skipped_by_reason"] == {"not an image": 1}
+    assert "skipped 1 sample (not an image 1): img/002.JPEG" in captured.err
+
+    assert main(["data", "shard", str(tmp_path / "src"), str(tmp_path / "out"), "--samples-per-shard", "2", "--no-progress"]) == 0
+    assert "wrote 3 shards (0 new, 3 complete from before) with 4 samples" in capsys.readouterr().err
+
+
+def test_cli_shard_errors_name_the_path(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["data", "shard", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+    assert f"coembed data: error: dataset folder {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+    _dataset(tmp_path / "src", 2)
+    (tmp_path / "file").write_text("x")
+    assert main(["data", "shard", str(tmp_path / "src"), str(tmp_path / "file")]) == 2
+    assert f"output folder {tmp_path / 'file'} is a file" in capsys.readouterr().err
