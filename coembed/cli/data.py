@@ -1,4 +1,4 @@
-"""``coembed data shapes``: generate the built-in benchmark."""
+"""``coembed data shapes``: generate the built-in benchmark; ``coembed data shard``: write a dataset as tar shards."""
 
 from __future__ import annotations
 
@@ -24,6 +24,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     shapes.add_argument("--workers", type=positive_int, default=2)
     shapes.add_argument("--json", action="store_true", help="print the dataset summary as JSON")
     shapes.set_defaults(func=run_shapes)
+    _register_shard(data_sub)
+
+
+def _register_shard(data_sub: argparse._SubParsersAction) -> None:
+    shard = data_sub.add_parser("shard", help="write a dataset as WebDataset tar shards (img2dataset layout)",
+                                description="Write a dataset folder (captions.jsonl or CSV, or train/val/... split folders) "
+                                            "as img2dataset-style tar shards: {key}.jpg|png, {key}.txt, {key}.json per sample. "
+                                            "A rerun keeps the shards that are already complete.")
+    shard.add_argument("src", metavar="SRC", help="dataset folder")
+    shard.add_argument("out", metavar="OUT", help="output folder (one sub-folder per split when SRC has splits)")
+    shard.add_argument("--samples-per-shard", type=positive_int, default=10000, metavar="N", help="samples per shard (default 10000)")
+    shard.add_argument("--json", action="store_true", help="print the summary as JSON")
+    shard.add_argument("--no-progress", action="store_true", help="no progress bar")
+    shard.set_defaults(func=run_shard)
 
 
 def run_shapes(args: argparse.Namespace) -> int:
@@ -37,7 +51,7 @@ def run_shapes(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     start = time.perf_counter()
-    meta = generate(cfg, args.out, progress=_bar())
+    meta = generate(cfg, args.out, progress=_bar("shapes"))
     if args.json:
         print_json(meta)
     else:
@@ -46,7 +60,20 @@ def run_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bar():
+def run_shard(args: argparse.Namespace) -> int:
+    from coembed.data.shards import write_shards
+
+    start = time.perf_counter()
+    stats = write_shards(args.src, args.out, args.samples_per_shard, progress=None if args.no_progress else _bar("shard"))
+    if args.json:
+        print_json(stats.to_dict())
+    else:
+        eprint(f"{stats.summary()} in {time.perf_counter() - start:.1f}s")
+    eprint(stats.skipped.summary())
+    return 0
+
+
+def _bar(desc: str):
     from tqdm.auto import tqdm
 
     bar = None
@@ -54,7 +81,7 @@ def _bar():
     def update(done: int, total: int) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, desc="shapes", unit="img", dynamic_ncols=True)
+            bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
         bar.update(done - bar.n)
         if done >= total:
             bar.close()

@@ -219,14 +219,14 @@ def _group(entries: Iterable[tuple[str, list[str], dict[str, Any]]]) -> list[tup
     return list(grouped.values())
 
 
-def _clean_caption(text: str) -> str:
+def clean_caption(text: str) -> str:
     return " ".join(text.replace("\x00", " ").split())
 
 
 def _existing(root: Path, entries: list[tuple[str, list[str], dict[str, Any]]], report: SkipReport) -> list[Sample]:
     samples = []
     for image, captions, meta in entries:
-        kept = tuple(dict.fromkeys(c for c in map(_clean_caption, captions) if c))
+        kept = tuple(dict.fromkeys(c for c in map(clean_caption, captions) if c))
         if not kept:
             report.add(image, "empty caption: no non-blank caption")
         elif not _is_file(root / image):
@@ -255,6 +255,38 @@ def iter_images(root: str | os.PathLike) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- torch datasets
+def choose_caption(captions: Sequence[str], mode: str, *, seed: int, epoch: int, index: int) -> str:
+    """The first caption, or with ``mode="random"`` one drawn by a generator seeded with
+    ``(seed, epoch, index)`` only, so worker count and resumption do not change it."""
+    if mode == "first" or len(captions) == 1:
+        return captions[0]
+    rng = random.Random((seed * 1_000_003 + epoch) * 10_000_019 + index)
+    return captions[rng.randrange(len(captions))]
+
+
+def candidate_negatives(meta: dict[str, Any], negative_types: set[str] | None = None) -> list[str]:
+    """The usable hard-negative captions of a sample's ``meta["negatives"]``.
+
+    With ``negative_types``, those whose ``meta["negative_types"]`` entry is one of them (a sample that
+    has none of those kinds keeps all of its negatives)."""
+    negatives = meta.get("negatives")
+    if not isinstance(negatives, list):
+        return []
+    types = meta.get("negative_types")
+    if negative_types and isinstance(types, list) and len(types) == len(negatives):
+        chosen = [n for n, t in zip(negatives, types) if t in negative_types]
+        negatives = chosen or negatives
+    return [n for n in negatives if isinstance(n, str) and n.strip()]
+
+
+def choose_negative(negatives: Sequence[str], *, seed: int, epoch: int, index: int) -> str | None:
+    """One of ``negatives`` (None if empty), seeded like :func:`choose_caption` but independently of it."""
+    if not negatives:
+        return None
+    rng = random.Random(((seed * 1_000_003 + epoch) * 10_000_019 + index) * 7 + 1)
+    return negatives[rng.randrange(len(negatives))]
+
+
 def _load(root: Path, relpath: str, transform: ImageTransform) -> tuple[torch.Tensor | None, str | None]:
     try:
         return transform(load_image(root / relpath)), None
@@ -308,34 +340,18 @@ class ImageTextDataset(Dataset):
         return len(self.samples)
 
     def caption(self, index: int) -> str:
-        captions = self.samples[index].captions
-        if self.caption_mode == "first" or len(captions) == 1:
-            return captions[0]
-        rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
-        return captions[rng.randrange(len(captions))]
+        return choose_caption(self.samples[index].captions, self.caption_mode, seed=self.seed, epoch=self.epoch, index=index)
 
     def candidate_negatives(self, index: int) -> list[str]:
         """The usable hard-negative captions of sample ``index`` that :meth:`negative` draws from.
 
         With ``negative_types``, those whose ``negative_types`` entry is one of them (a sample that has
         none of those kinds keeps all of its negatives)."""
-        meta = self.samples[index].meta
-        negatives = meta.get("negatives")
-        if not isinstance(negatives, list):
-            return []
-        types = meta.get("negative_types")
-        if self.negative_types and isinstance(types, list) and len(types) == len(negatives):
-            chosen = [n for n, t in zip(negatives, types) if t in self.negative_types]
-            negatives = chosen or negatives
-        return [n for n in negatives if isinstance(n, str) and n.strip()]
+        return candidate_negatives(self.samples[index].meta, self.negative_types)
 
     def negative(self, index: int) -> str | None:
         """A hard-negative caption from :meth:`candidate_negatives` (seeded like :meth:`caption`)."""
-        negatives = self.candidate_negatives(index)
-        if not negatives:
-            return None
-        rng = random.Random(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) * 7 + 1)
-        return negatives[rng.randrange(len(negatives))]
+        return choose_negative(self.candidate_negatives(index), seed=self.seed, epoch=self.epoch, index=index)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str, str, str | None]:
         name = self.samples[index].image
