@@ -677,3 +677,40 @@ def shard_loader(paths: str | os.PathLike | Sequence[str | os.PathLike], *, batc
     dataset.set_epoch(epoch)
     dataset.set_skip(skip_batches, batch_size)
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_image_text, drop_last=True)
+
+
+# ----------------------------------------------------------------------------- what a trainer needs up front
+def shard_sample_count(shard: str | os.PathLike) -> int | None:
+    """Samples in ``shard`` as its img2dataset-style ``{name}_stats.json`` records (``successes``),
+    or None when there is no readable stats file."""
+    shard = Path(shard)
+    try:
+        stats = json.loads((shard.parent / f"{shard.stem}_stats.json").read_text())
+        return int(stats["successes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def count_samples(shards: Sequence[str | os.PathLike]) -> int:
+    """Samples in all ``shards``: from their stats files, reading a shard only when it has none."""
+    total = 0
+    for shard in shards:
+        count = shard_sample_count(shard)
+        if count is None:
+            count = sum(1 for s in read_tar(shard) if isinstance(s, TarSample))
+        total += count
+    return total
+
+
+def shard_captions(shards: Sequence[str | os.PathLike], limit: int) -> list[str]:
+    """Up to ``limit`` captions (every caption of each sample) from the first shards, in order: what a
+    tokenizer is trained on when the training data streams from shards."""
+    captions: list[str] = []
+    for shard in shards:
+        for raw in read_tar(shard):
+            if isinstance(raw, TarSample):
+                parsed, _ = parse_sample(raw.members)
+                captions.extend(parsed.captions if parsed is not None else ())
+            if len(captions) >= limit:
+                return captions[:limit]
+    return captions

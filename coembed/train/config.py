@@ -28,6 +28,11 @@ class TrainConfig:
     loss: str = "clip"  # the dual encoder's objective; fusion families use their own (coembed.objectives)
     loss_weights: dict[str, float] = field(default_factory=dict)  # fusion families: weight per loss term (1 when absent)
     hard_negatives: bool = False  # NegCLIP: add each sample's manifest "negatives" captions to the softmax
+    # Stream training pairs from WebDataset tar shards (a folder, glob or {00000..00009}.tar pattern, as
+    # `coembed data shard` writes them) instead of the train split of `data`, which still validates.
+    train_shards: str | None = None
+    shard_shuffle: int = 1000  # shuffle buffer of streamed samples (0 = file order); shard order is shuffled too
+    shard_resampled: bool = False  # draw shards with replacement, an endless stream (no rank runs out first)
     init_from: str | None = None  # a checkpoint or run folder whose matching weights start a new run (coembed.train.warm_start)
     init_prefixes: list[str] | None = None  # copy only tensors under these name prefixes, e.g. ["visual."] (all when null)
     negative_types: list[str] | None = None  # draw hard negatives of these manifest "negative_types" only (all when null)
@@ -90,6 +95,8 @@ class TrainConfig:
             (min(self.log_every, self.val_every, self.save_every) > 0, "log_every, val_every and save_every must be positive"),
             (self.val_samples >= 0, f"val_samples must be >= 0, got {self.val_samples}"),
             (self.accum_steps >= 1, f"accum_steps must be >= 1, got {self.accum_steps}"),
+            (self.shard_shuffle >= 0, f"shard_shuffle must be >= 0 (0 = off), got {self.shard_shuffle}"),
+            (not (self.train_shards and self.cache_images), "cache_images works with the train split of data, not train_shards"),
             (self.accum_steps == 1 or (self.loss in ("clip", "siglip") and not self.hard_negatives),
              f"accum_steps > 1 needs loss 'clip' or 'siglip' without hard_negatives, got loss {self.loss!r}"
              f"{' with hard_negatives' if self.hard_negatives else ''}"),
@@ -119,9 +126,11 @@ class TrainConfig:
         if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         self.betas = tuple(_number("betas", b, integer=False) for b in self.betas)
-        for name in ("progress", "cache_images", "hard_negatives", "compile"):
+        for name in ("progress", "cache_images", "hard_negatives", "compile", "shard_resampled"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.train_shards is not None and not isinstance(self.train_shards, str):
+            raise ValueError(f"train_shards must be a folder, glob or brace pattern of .tar shards, got {self.train_shards!r}")
         if self.init_from is not None and not isinstance(self.init_from, str):
             raise ValueError(f"init_from must be a checkpoint or run folder path, got {self.init_from!r}")
         self.init_prefixes = _name_list("init_prefixes", self.init_prefixes, "name prefixes")
@@ -152,7 +161,7 @@ def _name_list(field_name: str, value: Any, what: str) -> list[str] | None:
 
 _STR_FIELDS = ("data", "out", "preset", "loss", "precision", "attention_kernel", "device")
 _INT_FIELDS = ("batch_size", "max_steps", "captions_per_image", "warmup_steps", "workers", "seed", "vocab_size", "log_every", "val_every",
-               "save_every", "val_samples", "loss_chunk_size", "accum_steps")
+               "save_every", "val_samples", "loss_chunk_size", "accum_steps", "shard_shuffle")
 _FLOAT_FIELDS = ("epochs", "lr", "weight_decay", "eps", "grad_clip")
 _OPTIONAL_FIELDS = ("max_steps", "grad_clip", "captions_per_image")
 

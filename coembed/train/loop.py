@@ -15,6 +15,7 @@ alone logs, validates and saves.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -27,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from coembed.checkpoint import CHECKPOINT_DIR, resolve
+from coembed.data import shards
 from coembed.data.datasets import ImageFolderDataset, ImageTextDataset, SkipReport, collate_image_text, collate_images, read_samples
 from coembed.data.splits import split_root
 from coembed.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
@@ -54,7 +56,9 @@ from coembed.train.warm_start import warm_start
 
 # Settings a resumed run must share with the run it continues (others, like log_every, may change).
 RESUME_INVARIANTS = ("data", "preset", "model", "init_from", "init_prefixes", "loss", "hard_negatives", "negative_types", "batch_size", "epochs", "max_steps", "lr", "weight_decay",
-                     "warmup_steps", "seed", "precision", "captions_per_image", "loss_weights")
+                     "warmup_steps", "seed", "precision", "captions_per_image", "loss_weights", "train_shards", "shard_shuffle",
+                     "shard_resampled")
+TOKENIZER_CAPTIONS = 100_000  # captions a BPE vocabulary is trained on when the pairs stream from shards
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -95,7 +99,7 @@ class _Run:
     tokenizer: Tokenizer
     optimizer: torch.optim.Optimizer
     progress: Progress
-    dataset: ImageTextDataset
+    dataset: ImageTextDataset | None  # the train split; None when the pairs stream from shards
     val: tuple[Path, list, dict | None] | None  # root, samples, zero-shot spec
     total_steps: int
     steps_per_epoch: int
@@ -106,6 +110,8 @@ class _Run:
     objective: Callable[..., dict[str, torch.Tensor]] | None = None  # a fusion family's compute_losses; None: contrastive step
     bf16: bool = False  # cfg.precision resolved for this machine (coembed.train.precision)
     env: DistEnv = field(default_factory=DistEnv)  # this process's rank, world size and device
+    stream: list[Path] | None = None  # cfg.train_shards resolved: the tar shards the pairs stream from
+    source: str = ""  # where the training pairs come from, for messages
 
 
 def _worker_init(_: int) -> None:
@@ -113,7 +119,7 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _new_model(cfg: TrainConfig, samples: list) -> tuple[torch.nn.Module, Tokenizer]:
+def _new_model(cfg: TrainConfig, captions: Callable[[], Iterator[str]]) -> tuple[torch.nn.Module, Tokenizer]:
     """A fresh model and its tokenizer: a BPE vocabulary trained on the captions, or a Hugging Face
     text tower's own tokenizer (and pretrained weights)."""
     model_cfg = apply_overrides(get_preset(cfg.preset), cfg.model)
@@ -122,7 +128,7 @@ def _new_model(cfg: TrainConfig, samples: list) -> tuple[torch.nn.Module, Tokeni
         if isinstance(model_cfg.text, FusionHFTextConfig):
             _check_mlm_ids(model_cfg.text, tokenizer)
         return new_model(model_cfg), tokenizer
-    tokenizer = Tokenizer.train((c for s in samples for c in s.captions), vocab_size=cfg.vocab_size)
+    tokenizer = Tokenizer.train(captions(), vocab_size=cfg.vocab_size)
     ids = {"text.vocab_size": tokenizer.vocab_size, "text.pad_id": tokenizer.pad_id, "text.eot_id": tokenizer.eot_id,
            "text.mask_id": tokenizer.mask_id}
     # A single-stream family (ViLT, VLMo) keeps its text fields at the top level of its config.
@@ -161,25 +167,48 @@ def _norm(value):
     return json.loads(json.dumps(value))
 
 
+@dataclass
+class _TrainingData:
+    samples: list | None  # the train split's samples; None when streaming
+    stream: list[Path] | None  # tar shards; None for the train split
+    count: int  # training pairs per epoch
+    skipped: SkipReport  # manifest lines left out
+    source: str
+    captions: Callable[[], Iterator[str]]  # what a new BPE tokenizer is trained on
+
+
+def _training_data(cfg: TrainConfig) -> _TrainingData:
+    if cfg.train_shards:
+        stream = shards.resolve_shards(cfg.train_shards)
+        count = shards.count_samples(stream)
+        data = _TrainingData(None, stream, count, SkipReport(), cfg.train_shards,
+                             lambda: iter(shards.shard_captions(stream, TOKENIZER_CAPTIONS)))
+    else:
+        train_dir = split_root(cfg.data, "train")
+        samples, skipped = read_samples(train_dir)
+        if cfg.captions_per_image:
+            samples = [replace(s, captions=s.captions[: cfg.captions_per_image]) for s in samples]
+        data = _TrainingData(samples, None, len(samples), skipped, str(train_dir), lambda: (c for s in samples for c in s.captions))
+    if data.count < cfg.batch_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {data.count} usable training samples in {data.source}")
+    return data
+
+
 def _prepare(cfg: TrainConfig, resume: bool, env: DistEnv) -> _Run:
     torch.manual_seed(cfg.seed)
-    train_dir = split_root(cfg.data, "train")
-    samples, skipped = read_samples(train_dir)
-    if cfg.captions_per_image:
-        samples = [replace(s, captions=s.captions[: cfg.captions_per_image]) for s in samples]
-    if len(samples) < cfg.batch_size:
-        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the {len(samples)} usable training samples in {train_dir}")
+    data = _training_data(cfg)
+    samples, skipped = data.samples, data.skipped
     out = Path(cfg.out)
     if resume:
         model, _, tokenizer = load(resolve(out / CHECKPOINT_DIR))
     else:
-        model, tokenizer = _new_model(cfg, samples)
+        model, tokenizer = _new_model(cfg, data.captions)
         if cfg.init_from:
             summary = warm_start(model, cfg.init_from, cfg.init_prefixes).summary()
             if env.is_main:
                 print(summary, file=sys.stderr, flush=True)
-    if cfg.hard_negatives and not any(s.meta.get("negatives") for s in samples):
-        raise ConfigError(f"hard_negatives is on but no training sample in {train_dir} has a 'negatives' list of false captions")
+    if cfg.hard_negatives and samples is not None and not any(s.meta.get("negatives") for s in samples):
+        raise ConfigError(f"hard_negatives is on but no training sample in {data.source} has a 'negatives' list of false captions")
     if cfg.loss == "siglip" and getattr(model, "logit_bias", None) is None:
         raise ConfigError(f"loss 'siglip' needs a model with a logit_bias, and preset {cfg.preset!r} has none; "
                           "use preset tiny-siglip or set model.init_logit_bias")
@@ -195,11 +224,13 @@ def _prepare(cfg: TrainConfig, resume: bool, env: DistEnv) -> _Run:
         _check_resume_compatible(cfg, saved_cfg)
     if env.rank:  # dropout and patch-dropout masks differ between ranks; rank 0 keeps a single process's stream
         torch.manual_seed(cfg.seed * 1_000_003 + 104_729 * env.rank + progress.step)
-    dataset = ImageTextDataset(train_dir, samples, default_preprocess(model), caption_mode="random", seed=cfg.seed,
-                               with_negatives=cfg.hard_negatives, negative_types=cfg.negative_types)
-    if cfg.cache_images:
-        dataset.preload()
-    steps_per_epoch = len(samples) // cfg.batch_size
+    dataset = None
+    if samples is not None:
+        dataset = ImageTextDataset(Path(data.source), samples, default_preprocess(model), caption_mode="random", seed=cfg.seed,
+                                   with_negatives=cfg.hard_negatives, negative_types=cfg.negative_types)
+        if cfg.cache_images:
+            dataset.preload()
+    steps_per_epoch = data.count // cfg.batch_size
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     family = model.cfg.to_dict()["family"]
     objective = None if family == "dual_encoder" else objective_module(family).compute_losses
@@ -209,7 +240,7 @@ def _prepare(cfg: TrainConfig, resume: bool, env: DistEnv) -> _Run:
     if env.is_main and (cfg.progress or precision.slow):
         print(precision.note, file=sys.stderr, flush=True)
     return _Run(model, tokenizer, optimizer, progress, dataset, _val_split(cfg), total, steps_per_epoch, skipped, objective=objective,
-                bf16=precision.name == "bf16", env=env)
+                bf16=precision.name == "bf16", env=env, stream=data.stream, source=data.source)
 
 
 def _check_distributed(cfg: TrainConfig, env: DistEnv) -> None:
@@ -233,6 +264,11 @@ def _val_split(cfg: TrainConfig) -> tuple[Path, list, dict | None] | None:
 
 
 def _loader(run: _Run, cfg: TrainConfig, epoch: int, start: int) -> DataLoader:
+    if run.stream is not None:
+        local = len(run.env.local_slice(list(range(cfg.batch_size))))  # ranks read different shards
+        return shards.shard_loader(run.stream, batch_size=local, preprocess=default_preprocess(run.model), seed=cfg.seed, epoch=epoch,
+                                   rank=run.env.rank, world_size=run.env.world_size, workers=cfg.workers, shuffle=cfg.shard_shuffle,
+                                   resampled=cfg.shard_resampled, skip_batches=start, with_negatives=cfg.hard_negatives)
     run.dataset.set_epoch(epoch)
     sampler = EpochBatchSampler(len(run.dataset), cfg.batch_size, seed=cfg.seed, epoch=epoch, start=start, env=run.env)
     # Its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG at
@@ -408,8 +444,8 @@ def _text_cache(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog | None) 
     """A frozen Hugging Face tower's pooled features of every training caption (and negative), computed
     once and kept in ``out``; None when the text tower trains."""
     text_cfg = getattr(run.model, "text_cfg", None)
-    if not (isinstance(text_cfg, HFTextConfig) and text_cfg.frozen and run.objective is None):
-        return None
+    if run.stream is not None or not (isinstance(text_cfg, HFTextConfig) and text_cfg.frozen and run.objective is None):
+        return None  # streamed captions are not known up front: the frozen tower runs in each step
     samples = run.dataset.samples
     captions = [c for s in samples for c in s.captions]
     if cfg.hard_negatives:
@@ -441,7 +477,8 @@ def _run_epoch(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog | None, s
                offset: int) -> float:
     loss = float("nan")
     window_start, window_samples = time.perf_counter(), 0
-    for batch in _loader(run, cfg, epoch, offset):
+    epoch_end = min((epoch + 1) * run.steps_per_epoch, run.total_steps)
+    for batch in _every_rank_has_one(run, _loader(run, cfg, epoch, offset)):
         pairs = _global_pairs(run, batch, skipped)
         step = run.progress.step + 1
         if pairs < 2:
@@ -467,9 +504,39 @@ def _run_epoch(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog | None, s
         window_start += time.perf_counter() - paused
         if bar is not None:
             bar.update(1)
-        if step >= run.total_steps:
+        if step >= epoch_end:
             break
+    if run.progress.step < epoch_end:
+        _end_stream_epoch(run, log, bar, epoch_end)
     return loss
+
+
+def _every_rank_has_one(run: _Run, batches: Iterator) -> Iterator:
+    """The batches of ``batches`` while every rank still has one: a rank's shards may run out first
+    (one collective per step, only when streaming across ranks)."""
+    collective = run.env.enabled and run.stream is not None
+    for batch in itertools.chain(batches, [None]):
+        if collective and not all(run.env.gather_objects(batch is not None)):
+            return
+        if batch is None:
+            return
+        yield batch
+
+
+def _end_stream_epoch(run: _Run, log: MetricsLog | None, bar, epoch_end: int) -> None:
+    """Shards gave fewer batches than samples / batch_size (per-worker drop-last, uneven shards): the
+    step count moves to the epoch's end, so resumed runs find their epoch at the same step."""
+    if run.stream is None:
+        raise AssertionError(f"the sampler ended at step {run.progress.step} before the epoch's end {epoch_end}")
+    start = run.progress.step - run.progress.step % run.steps_per_epoch
+    if run.progress.step == start:
+        raise DataError(f"the shards {run.source} gave no batch of {run.steps_per_epoch} expected this epoch; "
+                        "are they shorter than a batch per reader? Use fewer workers or write larger shards")
+    if log is not None:
+        log.write({"step": run.progress.step, "time": round(time.time(), 3), "stream_ended_steps_early": epoch_end - run.progress.step})
+    if bar is not None:
+        bar.update(epoch_end - run.progress.step)
+    run.progress.step = epoch_end
 
 
 def _global_pairs(run: _Run, batch, skipped: SkipReport) -> int:
@@ -549,7 +616,7 @@ def _check_not_all_bad(run: _Run, skipped: SkipReport) -> None:
     """Stop once a whole epoch's worth of batches in a row had no loadable image: nothing can be learnt."""
     run.empty_batches += 1
     if run.empty_batches >= run.steps_per_epoch:
-        raise DataError(f"no usable training sample in {run.dataset.root}: {run.empty_batches} batches in a row "
+        raise DataError(f"no usable training sample in {run.source}: {run.empty_batches} batches in a row "
                         f"had fewer than two loadable images ({skipped.summary()})")
 
 
