@@ -40,6 +40,12 @@ def marker_path(out: Path, p: int) -> Path:
     return out / "done" / f"part_{p:05d}.json"
 
 
+def partition_names(partitions: list[int], limit: int = 20) -> str:
+    """``part_00003, part_00007`` (the marker names), the first ``limit`` of them."""
+    names = ", ".join(f"part_{p:05d}" for p in partitions[:limit])
+    return names + (f" and {len(partitions) - limit} more" if len(partitions) > limit else "")
+
+
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
