@@ -39,15 +39,20 @@ def run(args: argparse.Namespace) -> int:
     cfg = IndexerConfig(batch_size=args.batch_size, max_pixels=args.max_pixels, progress=not args.no_progress)
     _apply_index_config(args)
     report = index_folder(args.db, args.folder, args.checkpoint, cfg, quick_gelu=args.quick_gelu)
-    if args.json:
-        print_json({"db": str(args.db), **report.to_dict()})
-    else:
-        eprint(f"indexed {report.root} into {args.db}: {report.found} images found, {report.embedded} embedded, "
-               f"{report.reused} reused by content, {report.unchanged} unchanged, {report.deleted} removed "
-               f"({report.images_per_second:.1f} images/s)")
+    _summarise(args, report.to_dict(), f"indexed {report.root} into {args.db}: {report.found} images found, "
+               f"{report.embedded} embedded, {report.reused} reused by content, {report.unchanged} unchanged, "
+               f"{report.deleted} removed ({report.images_per_second:.1f} images/s)")
     if report.skipped.total:
         eprint(report.skipped.summary(max_examples=20))
     return 0
+
+
+def _summarise(args: argparse.Namespace, summary: dict, line: str) -> None:
+    """The run's summary as JSON on stdout with --json, else one line on stderr."""
+    if args.json:
+        print_json({"db": str(args.db), **summary})
+    else:
+        eprint(line)
 
 
 def _check_sources(args: argparse.Namespace) -> None:
@@ -68,12 +73,9 @@ def _run_merge(args: argparse.Namespace) -> int:
 
     _apply_index_config(args)
     report = merge_embeddings(args.db, args.from_embeddings, allow_partial=args.allow_partial, checkpoint=args.checkpoint)
-    if args.json:
-        print_json({"db": str(args.db), **report.to_dict()})
-    else:
-        eprint(f"merged {report.merged} of {report.partitions} partitions of {report.source} into {args.db}: {report.rows} rows, "
-               f"{report.added} new vectors, {report.reused} reused by content, {report.unchanged} unchanged, "
-               f"{report.stale} changed or gone since embedding")
+    _summarise(args, report.to_dict(), f"merged {report.merged} of {report.partitions} partitions of {report.source} into "
+               f"{args.db}: {report.rows} rows, {report.added} new vectors, {report.reused} reused by content, "
+               f"{report.unchanged} unchanged, {report.stale} changed or gone since embedding")
     if report.missing:
         from coembed.embeddings.layout import partition_names
 

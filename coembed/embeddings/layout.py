@@ -19,10 +19,13 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coembed.errors import ConfigError, DataError
 from coembed.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from coembed.search.store import ModelIdentity
 
 PLAN_FILE = "_plan.json"
 PLAN_VERSION = 1
@@ -101,7 +104,7 @@ class Plan:
         except (KeyError, TypeError) as e:
             raise DataError(f"{source} is not a coembed embedding plan ({type(e).__name__}: {e})") from None
 
-    def model_identity(self):
+    def model_identity(self) -> ModelIdentity:
         from coembed.search.store import ModelIdentity
 
         return ModelIdentity(self.model_path, self.model_sha256, self.embed_dim)
@@ -112,8 +115,8 @@ def split(paths: list[str], shard_size: int) -> list[list[str]]:
     return [paths[i : i + shard_size] for i in range(0, len(paths), shard_size)]
 
 
-def make_plan(root: Path, paths: list[str], shard_size: int, model) -> Plan:
-    """The plan of embedding ``paths`` (relative to ``root``, sorted) with ``model`` (a ``ModelIdentity``)."""
+def make_plan(root: Path, paths: list[str], shard_size: int, model: ModelIdentity) -> Plan:
+    """The plan of embedding ``paths`` (relative to ``root``, sorted) with ``model``."""
     parts = tuple(Partition(index=i, first=chunk[0], last=chunk[-1], count=len(chunk), sha256=paths_digest(chunk))
                   for i, chunk in enumerate(split(paths, shard_size)))
     return Plan(images_root=str(root.resolve()), shard_size=shard_size, count=len(paths), paths_sha256=paths_digest(paths),

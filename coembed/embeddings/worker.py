@@ -12,8 +12,10 @@ import io
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +27,9 @@ from coembed.eval.features import embed_images
 from coembed.io import atomic_write_bytes
 from coembed.loading import Loaded
 from coembed.search.checks import require_ints
+
+if TYPE_CHECKING:
+    from coembed.search.store import ModelIdentity
 
 _EXIF_ORIENTATION = 0x0112
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -97,13 +102,13 @@ class _Job:
     cfg: EmbedConfig
 
 
-def embed_partitions(loaded: Loaded, identity, root: str | os.PathLike, paths: list[str], out: str | os.PathLike,
+def embed_partitions(loaded: Loaded, identity: ModelIdentity, root: str | os.PathLike, paths: list[str], out: str | os.PathLike,
                      cfg: EmbedConfig) -> EmbedReport:
     """Embed this worker's unfinished partitions of ``paths`` (relative to ``root``) into ``out``.
 
     Args:
         loaded: the model, as :func:`coembed.load` returns it.
-        identity: the checkpoint's :class:`~coembed.search.store.ModelIdentity` (recorded in plan and markers).
+        identity: the checkpoint's identity (weights hash), recorded in the plan and the markers.
 
     Raises:
         ConfigError: ``out`` holds the plan of other images, another shard size or another checkpoint.
@@ -145,7 +150,7 @@ def _progress(total: int, cfg: EmbedConfig):
                 smoothing=0.1, disable=not cfg.progress or total == 0)
 
 
-def _embed_partition(job: _Job, p: int, chunk: list[str], on_batch) -> tuple[Marker, SkipReport]:
+def _embed_partition(job: _Job, p: int, chunk: list[str], on_batch: Callable[[int], object]) -> tuple[Marker, SkipReport]:
     start = time.perf_counter()
     marker_path(job.out, p).unlink(missing_ok=True)  # the files it vouched for are about to change
     infos = [file_info(job.root / rel) for rel in chunk]  # before decoding: a later change shows as a newer mtime
