@@ -52,3 +52,23 @@ def vl_inputs(batch: int = 3, length: int = 7, seed: int = 1):
     tokens[:, 0] = 1
     tokens[1, 4:] = 0
     return images, tokens
+
+
+def torchrun_env(rank: int, world: int, port: int) -> None:
+    """Set the variables ``torchrun`` gives process ``rank`` of ``world`` (rendezvous on 127.0.0.1:``port``),
+    with one thread: the 2 CPU processes of a distributed test share the machine's cores."""
+    import os
+
+    import torch
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -9,8 +9,6 @@ statistics, so it cannot equal the combined batch (as with any data parallelism 
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from coembed.train.config import TrainConfig
 from coembed.train.distributed import DistEnv, from_env
 from coembed.train.loop import TIMING_KEYS, train
 from coembed.train.step import train_step
+from tests.helpers import free_port, torchrun_env
 
 BATCH = 7  # uneven slices: 3 and 4 pairs
 STEP_CASES = {  # name -> (preset, train_step keyword arguments)
@@ -37,19 +36,8 @@ SMALL = {"vision.stem": "patch", "vision.width": 32, "vision.layers": 2, "vision
          "text.heads": 2, "embed_dim": 16}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _join(rank: int, world: int, port: int) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-
-
 def _spawn(worker, *args) -> None:
-    mp.spawn(worker, args=(2, _free_port(), *args), nprocs=2, join=True)
+    mp.spawn(worker, args=(2, free_port(), *args), nprocs=2, join=True)
 
 
 # ----------------------------------------------------------------------------- one step
@@ -70,7 +58,7 @@ def _one_step(model, images, tokens, kwargs, env: DistEnv | None):
 
 
 def _step_worker(rank: int, world: int, port: int, out: str) -> None:
-    _join(rank, world, port)
+    torchrun_env(rank, world, port)
     env = from_env("cpu")
     results = {}
     for name, (preset, kwargs) in STEP_CASES.items():
@@ -105,7 +93,7 @@ def _cfg(data: Path, out: Path, settings: dict) -> TrainConfig:
 
 
 def _run_worker(rank: int, world: int, port: int, cfg: dict, interrupt_at: int) -> None:
-    _join(rank, world, port)
+    torchrun_env(rank, world, port)
     real_step = loop_mod.train_step
 
     def step(*args, step: int, **kwargs):
