@@ -57,6 +57,27 @@ def _one_step(model, images, tokens, kwargs, env: DistEnv | None):
     return result.loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def _regression_losses(model, batch, *, progress, weights, generator):
+    """A stand-in fusion objective: mean squared error of a linear map, a mean over the local pairs."""
+    return {"mse": ((model(batch.images) - batch.tokens.float()) ** 2).mean()}
+
+
+def _fusion_inputs():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(2)
+    return torch.nn.Linear(5, 3), torch.randn(8, 5, generator=g), torch.randn(8, 3, generator=g)
+
+
+def _fusion_step(model, x, y, env):
+    from coembed.objectives import FusionBatch
+    from coembed.train.fusion_step import fusion_train_step
+
+    batch = FusionBatch(x, y, torch.arange(len(x)))
+    result = fusion_train_step(model, torch.optim.SGD(model.parameters(), lr=0.0), batch, compute_losses=_regression_losses, weights={},
+                               progress=0.0, seed=0, step=1, bf16=False, grad_clip=None, env=env)
+    return result.loss, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
 def _step_worker(rank: int, world: int, port: int, out: str) -> None:
     torchrun_env(rank, world, port)
     env = from_env("cpu")
@@ -66,13 +87,24 @@ def _step_worker(rank: int, world: int, port: int, out: str) -> None:
         rows = env.local_slice(list(range(BATCH)))
         loss, grads = _one_step(model, images[rows], tokens[rows], kwargs, env)
         results[name] = {"loss": torch.tensor(loss), **grads}
+    model, x, y = _fusion_inputs()
+    rows = env.local_slice(list(range(len(x))))
+    loss, grads = _fusion_step(model, x[rows], y[rows], env)
+    results["fusion"] = {"loss": torch.tensor(loss), **grads}
     torch.save(results, f"{out}/rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
-def test_step_loss_and_gradients_equal_the_combined_batch(tmp_path: Path) -> None:
-    _spawn(_step_worker, str(tmp_path))
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+@pytest.fixture(scope="module")
+def step_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Each rank's step results (one spawn for all cases)."""
+    out = tmp_path_factory.mktemp("steps")
+    _spawn(_step_worker, str(out))
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def test_step_loss_and_gradients_equal_the_combined_batch(step_results) -> None:
+    ranks = step_results
     for name, (preset, kwargs) in STEP_CASES.items():
         model, images, tokens = _step_inputs(preset)
         loss, grads = _one_step(model, images, tokens, kwargs, None)
@@ -81,6 +113,17 @@ def test_step_loss_and_gradients_equal_the_combined_batch(tmp_path: Path) -> Non
             assert set(r[name]) - {"loss"} == set(grads), name
             for k, g in grads.items():  # float32 sums in another order: 1e-5 of the tensor's largest entry
                 torch.testing.assert_close(r[name][k], g, rtol=0, atol=1e-5 * max(1.0, g.abs().max().item()), msg=f"{name}: {k}")
+
+
+def test_fusion_step_averages_rank_gradients(step_results) -> None:
+    """Rank-local objectives (equal slices): the averaged gradient is the combined batch's, as DDP."""
+    model, x, y = _fusion_inputs()
+    loss, grads = _fusion_step(model, x, y, None)
+    for r in range(2):
+        got = step_results[r]["fusion"]
+        assert float(got["loss"]) == pytest.approx(loss, abs=1e-6)
+        for k, g in grads.items():
+            torch.testing.assert_close(got[k], g, rtol=0, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- whole runs
