@@ -508,6 +508,10 @@ def _run_epoch(run: _Run, cfg: TrainConfig, out: Path, log: MetricsLog | None, s
             break
     if run.progress.step < epoch_end:
         _end_stream_epoch(run, log, bar, epoch_end)
+        if run.progress.step >= run.total_steps:  # the run's end: its last validation and checkpoint
+            if run.val:
+                _validate_on_main(run, log, run.progress.step)
+            _save(run, cfg, out)
     return loss
 
 

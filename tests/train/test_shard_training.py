@@ -84,6 +84,17 @@ def test_a_truncated_shard_is_counted_and_the_run_goes_on(shapes_data: Path, sha
     assert any("stream_ended_steps_early" in x for x in _lines(tmp_path / "run"))  # half a shard fewer batches per epoch
 
 
+def test_a_stream_ending_early_in_the_last_epoch_still_saves(shapes_data: Path, shard_dir: Path, tiny_settings: dict,
+                                                              tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    shutil.copytree(shard_dir / "train", shards)
+    tar = shards / "00003.tar"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])  # epoch 0 gives fewer than its 8 steps
+    result = train(_cfg(shapes_data, shards, tmp_path / "run", tiny_settings, max_steps=8))
+    assert result.steps == 8 and "val_t2i_r1" in result.last_val
+    assert json.loads((tmp_path / "run" / "checkpoint" / "train_state.json").read_text())["progress"]["step"] == 8
+
+
 def _rank_worker(rank: int, world: int, port: int, cfg: dict) -> None:
     torchrun_env(rank, world, port)
     train(TrainConfig(**cfg))
