@@ -25,29 +25,12 @@ import sys
 from pathlib import Path
 
 WORKER = r"""
-import json, resource, sys, time
+import json, sys, time
+sys.path.insert(0, sys.argv[7])
 import torch
+from peak_rss import peak_mib, reset_peak, rss_mib
 impl, kind, batch, dim, threads, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 torch.set_num_threads(threads)
-
-def rss_mib():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-def reset_peak():
-    # Linux >= 4.0: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS, so the
-    # peak read afterwards is the loss's own, not the imports' (True when it worked).
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-def peak_mib():
-    with open("/proc/self/status") as f:
-        hwm = next((line for line in f if line.startswith("VmHWM:")), None)
-    return int(hwm.split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 def loss_fn():
     if impl == "coembed-chunked":
@@ -107,7 +90,8 @@ print(json.dumps(out))
 
 
 def run_worker(impl: str, kind: str, batch: int, dim: int, threads: int, rounds: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", WORKER, impl, kind, str(batch), str(dim), str(threads), str(rounds)],
+    proc = subprocess.run([sys.executable, "-c", WORKER, impl, kind, str(batch), str(dim), str(threads), str(rounds),
+                           str(Path(__file__).parent)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["exit code %d" % proc.returncode])[-1]}
