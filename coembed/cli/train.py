@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from coembed.cli.common import eprint, positive_int, print_json
 
@@ -20,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a setting, e.g. --set lr=5e-4 --set model.vision.layers=6 (repeatable)")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--max-steps", type=positive_int)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", nargs="?", const="yes", choices=("yes", "auto"),
+                   help="continue the run in --out from its last checkpoint; --resume auto: continue if there is one, "
+                        "else start (for jobs a scheduler may requeue)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.set_defaults(func=run)
@@ -33,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     base = {"data": args.data, "out": args.out, "preset": args.preset, "batch_size": args.batch_size,
             "max_steps": args.max_steps, "progress": False if args.no_progress else None}
     cfg = build_train_config(base, args.config, args.sets)
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=_resume(args.resume, cfg.out))
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports for the job
         return 0
     summary = {"out": str(result.out), "checkpoint": str(result.checkpoint), "steps": result.steps,
@@ -48,3 +51,12 @@ def run(args: argparse.Namespace) -> int:
     if result.skipped.total:
         eprint(result.skipped.summary())
     return 0
+
+
+def _resume(choice: str | None, out: str) -> bool:
+    """``--resume`` resumes (a missing checkpoint is an error); ``--resume auto`` only when ``out`` has one."""
+    if choice != "auto":
+        return choice == "yes"
+    from coembed.checkpoint import CHECKPOINT_DIR
+
+    return any((Path(out) / name).exists() for name in (CHECKPOINT_DIR, f"{CHECKPOINT_DIR}.old"))
