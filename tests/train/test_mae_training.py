@@ -6,12 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from coembed.checkpoint import read_tensors
-from coembed.train import loop as loop_mod
 from coembed.train.config import TrainConfig
-from coembed.train.loop import TIMING_KEYS, train
+from coembed.train.loop import train
+from tests.helpers import assert_same_runs, interrupt_then_resume
 
 SMALL = {"vision.layers": 1, "vision.width": 32, "vision.heads": 2}
 
@@ -21,25 +19,9 @@ def _cfg(data: Path, out: Path) -> TrainConfig:
                        log_every=1, save_every=2, val_samples=0, workers=0, precision="fp32", progress=False, warmup_steps=1)
 
 
-def _lines(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(x).items() if k not in TIMING_KEYS} for x in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_mae_resume_reproduces_the_uninterrupted_run(shapes_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     train(_cfg(shapes_data, tmp_path / "ref"))
-    real = loop_mod.fusion_train_step
-
-    def interrupted(*args, step: int, **kwargs):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real(*args, step=step, **kwargs)
-
-    monkeypatch.setattr(loop_mod, "fusion_train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(shapes_data, tmp_path / "b"))
-    monkeypatch.setattr(loop_mod, "fusion_train_step", real)
-    train(_cfg(shapes_data, tmp_path / "b"), resume=True)
-    ref = _lines(tmp_path / "ref")
-    assert [x["step"] for x in ref] == [1, 2, 3, 4] and _lines(tmp_path / "b") == ref
-    want, got = (read_tensors(tmp_path / r / "checkpoint" / "model.safetensors") for r in ("ref", "b"))
-    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    interrupt_then_resume(_cfg(shapes_data, tmp_path / "b"), 3, monkeypatch)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert_same_runs(tmp_path / "ref", tmp_path / "b")
