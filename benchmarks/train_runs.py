@@ -26,6 +26,12 @@ class Results:
         self.path = path
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
 
+    @classmethod
+    def in_folder(cls, work: str | os.PathLike) -> "Results":
+        """The results of the work folder ``work`` (created when missing)."""
+        Path(work).mkdir(parents=True, exist_ok=True)
+        return cls(Path(work) / "results.json")
+
     def get(self, key: str) -> Any:
         return self.data.get(key)
 
@@ -64,7 +70,8 @@ def run_train(out: Path, preset: str, data: Path, steps: int, sets: list[str], t
     if proc.returncode:
         raise RuntimeError(f"coembed train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     summary = summarise(out, start)
-    summary.update(preset=preset, steps=steps, sets=sets, cpu_s=round(cpu_seconds() - cpu, 1), stderr=proc.stderr[-2000:])
+    started = [line for line in proc.stderr.splitlines() if line.startswith("initialised ")]  # init_from's summary
+    summary.update(preset=preset, steps=steps, sets=sets, cpu_s=round(cpu_seconds() - cpu, 1), warm_start=started[0] if started else None)
     return summary
 
 
