@@ -18,6 +18,7 @@ from coembed.errors import ConfigError
 from coembed.models.dual_encoder import DualEncoderConfig
 from coembed.models.families import model_class
 from coembed.models.fusion import FusionConfig, FusionHFTextConfig, FusionTextConfig
+from coembed.models.mae import MAEConfig
 from coembed.models.mome import VlmoConfig
 from coembed.models.single_stream import ViltConfig
 from coembed.towers.hf_text import HFTextConfig
@@ -105,10 +106,20 @@ def _albef_minilm() -> FusionConfig:
     return cfg
 
 
+def _mae_tiny() -> MAEConfig:
+    # MAE pre-training of `tiny`'s image tower with the plain patch stem (MAE's; a conv stem would leak
+    # masked pixels into the visible tokens), so its visual.* tensors warm-start `tiny-patch` (= `tiny`
+    # with model.vision.stem=patch). Decoder: 1 block of width 64 (MAE: 8 of 512 for ViT-B), the
+    # 75% mask and per-patch normalised pixel targets of the paper.
+    return MAEConfig(vision=_tiny_patch().vision, mask_ratio=0.75, decoder_width=64, decoder_layers=1, decoder_heads=2,
+                     norm_pix_loss=True)
+
+
 # name -> a function returning a fresh config of any registered family (its ``to_dict()`` names it).
 _PRESETS: dict[str, Callable[[], Any]] = {
     "albef-minilm": _albef_minilm,
     "albef-tiny": _albef_tiny,
+    "mae-tiny": _mae_tiny,
     "tiny": _tiny,
     "tiny-patch": _tiny_patch,
     "tiny-siglip": _tiny_siglip,

@@ -72,3 +72,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def interrupt_then_resume(cfg, at_step: int, monkeypatch) -> None:
+    """Train a fusion-family ``cfg`` until step ``at_step`` raises KeyboardInterrupt, then resume it to the end."""
+    import pytest
+
+    from coembed.train import loop as loop_mod
+
+    real = loop_mod.fusion_train_step
+
+    def interrupted(*args, step: int, **kwargs):
+        if step == at_step:
+            raise KeyboardInterrupt
+        return real(*args, step=step, **kwargs)
+
+    monkeypatch.setattr(loop_mod, "fusion_train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        loop_mod.train(cfg)
+    monkeypatch.setattr(loop_mod, "fusion_train_step", real)
+    loop_mod.train(cfg, resume=True)
+
+
+def assert_same_runs(ref: Path, run: Path) -> None:
+    """Two run folders logged the same metrics (timings aside) and saved the same weights."""
+    import json
+
+    import torch
+
+    from coembed.checkpoint import read_tensors
+    from coembed.train.loop import TIMING_KEYS
+
+    lines = [[{k: v for k, v in json.loads(x).items() if k not in TIMING_KEYS} for x in (r / "metrics.jsonl").read_text().splitlines()]
+             for r in (ref, run)]
+    assert lines[0] == lines[1]
+    want, got = (read_tensors(r / "checkpoint" / "model.safetensors") for r in (ref, run))
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)

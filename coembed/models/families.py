@@ -18,12 +18,18 @@ FAMILIES: dict[str, str] = {
     "albef": "coembed.models.fusion:FusionModel",
     "vilt": "coembed.models.single_stream:Vilt",
     "vlmo": "coembed.models.mome:Vlmo",
+    "mae": "coembed.models.mae:MAE",
 }
 OBJECTIVES: dict[str, str] = {
     "albef": "coembed.objectives.albef",
     "vilt": "coembed.objectives.vilt",
     "vlmo": "coembed.objectives.vlmo",
+    "mae": "coembed.objectives.mae",
 }
+# Image-only families: the trainer still tokenizes each batch's captions, and their objective ignores them.
+IMAGE_ONLY: frozenset[str] = frozenset({"mae"})
+# The shortest context a tokenizer accepts (<sot>, <eot>): what an image-only family's captions are cut to.
+IMAGE_ONLY_CONTEXT = 2
 
 
 def model_class(family: str) -> type[nn.Module]:
@@ -41,8 +47,11 @@ def build_model(family: str, fields: dict[str, Any]) -> nn.Module:
 
 
 def context_length(model: nn.Module) -> int:
-    """The text context length of a model of any family (``text_cfg``, ``cfg.text`` or ``cfg.context_length``)."""
+    """The text context length of a model of any family (``text_cfg``, ``cfg.text`` or ``cfg.context_length``);
+    :data:`IMAGE_ONLY_CONTEXT` for an image-only family, which reads no text."""
     cfg = getattr(model, "cfg", None)
+    if cfg is not None and hasattr(cfg, "to_dict") and cfg.to_dict().get("family") in IMAGE_ONLY:
+        return IMAGE_ONLY_CONTEXT
     for holder in (getattr(model, "text_cfg", None), getattr(cfg, "text", None), cfg):
         if getattr(holder, "context_length", None):
             return int(holder.context_length)

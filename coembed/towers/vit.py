@@ -113,8 +113,9 @@ class VisionTransformer(nn.Module):
         """All output tokens after ``ln_post``: (B, [1 +] grid*grid, width); token 0 is the class token if any."""
         return self.ln_post(self.transformer(self._input_tokens(images)))
 
-    def _input_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """The transformer's input: [class token;] patches + positions, patch dropout, ``ln_pre``."""
+    def embed_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """[class token;] patch embeddings + positions, before patch dropout and ``ln_pre``:
+        (B, 3, H, W) -> (B, [1 +] grid*grid, width). MAE masks these tokens (coembed.models.mae)."""
         if images.shape[-2:] != (self.cfg.image_size, self.cfg.image_size):
             raise ValueError(
                 f"images must be {self.cfg.image_size}x{self.cfg.image_size}, got {tuple(images.shape[-2:])}"
@@ -123,7 +124,11 @@ class VisionTransformer(nn.Module):
         if self.class_embedding is not None:
             cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # (B, 1, width)
             x = torch.cat([cls, x], dim=1)
-        x = x + self.positional_embedding.to(x.dtype)
+        return x + self.positional_embedding.to(x.dtype)
+
+    def _input_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The transformer's input: :meth:`embed_tokens`, patch dropout, ``ln_pre``."""
+        x = self.embed_tokens(images)
         if self.training and self.cfg.patch_dropout:
             x = drop_patches(x, self.cfg.patch_dropout, keep_first=self.class_embedding is not None)
         return self.ln_pre(x)

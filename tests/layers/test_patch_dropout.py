@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coembed.layers.patch_dropout import drop_patches, kept_patch_count
+from coembed.layers.patch_dropout import drop_patches, kept_patch_count, rank_patches
 
 
 def _reference(tokens: torch.Tensor, prob: float, keep_first: bool, seed: int) -> torch.Tensor:
@@ -68,3 +68,14 @@ def test_counts_and_limits() -> None:
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="patch dropout probability"):
             drop_patches(tokens, bad, keep_first=True)
+
+
+def test_rank_patches_orders_by_score_and_follows_a_generator() -> None:
+    torch.manual_seed(2)
+    scores = torch.randn(3, 10)
+    torch.manual_seed(2)
+    order = rank_patches(3, 10)
+    assert torch.equal(order[:, :4], scores.topk(4, dim=-1).indices)  # what OpenCLIP's top-k keeps
+    assert torch.equal(order.sort(dim=-1).values, torch.arange(10).expand(3, 10))  # a permutation per image
+    draw = lambda seed: rank_patches(3, 10, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    assert torch.equal(draw(5), draw(5)) and not torch.equal(draw(5), draw(6))

@@ -17,16 +17,15 @@ from torch import nn
 
 import coembed
 from coembed import presets
-from coembed.checkpoint import read_tensors
 from coembed.errors import ConfigError
 from coembed.losses.matching import itm_loss, mask_tokens, mlm_loss, sample_itm_negatives
 from coembed.models.families import FAMILIES, OBJECTIVES
 from coembed.objectives import FusionBatch
 from coembed.towers.vit import VisionConfig, VisionTransformer
-from coembed.train import loop as loop_mod
 from coembed.train.config import TrainConfig
 from coembed.train.fusion_step import step_generator, weighted_total
 from coembed.train.loop import TIMING_KEYS, train
+from tests.helpers import assert_same_runs, interrupt_then_resume
 
 
 # ----------------------------------------------------------------------------- the toy family
@@ -137,21 +136,8 @@ def test_fusion_family_trains_logs_terms_validates_and_loads(toy_family: str, sh
 def test_fusion_resume_reproduces_the_uninterrupted_run(toy_family: str, shapes_data: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     train(_cfg(shapes_data, tmp_path / "ref"))
-    real = loop_mod.fusion_train_step
-
-    def interrupted(*args, step: int, **kwargs):
-        if step == 7:
-            raise KeyboardInterrupt
-        return real(*args, step=step, **kwargs)
-
-    monkeypatch.setattr(loop_mod, "fusion_train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(shapes_data, tmp_path / "b"))
-    monkeypatch.setattr(loop_mod, "fusion_train_step", real)
-    train(_cfg(shapes_data, tmp_path / "b"), resume=True)
-    assert _lines(tmp_path / "b") == _lines(tmp_path / "ref")
-    want, got = (read_tensors(tmp_path / r / "checkpoint" / "model.safetensors") for r in ("ref", "b"))
-    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    interrupt_then_resume(_cfg(shapes_data, tmp_path / "b"), 7, monkeypatch)
+    assert_same_runs(tmp_path / "ref", tmp_path / "b")
 
 
 def test_a_weight_for_a_term_the_objective_lacks_is_a_config_error(toy_family: str, shapes_data: Path, tmp_path: Path) -> None:
