@@ -1,7 +1,7 @@
 """The training loop: data, tokenizer, model, optimisation, validation, checkpoints.
 
 Dual encoders take the contrastive step of :mod:`coembed.train.step`; every other registered family
-(ALBEF/BLIP, ViLT, VLMo) takes :func:`coembed.train.fusion_step.fusion_train_step` with its objective
+(ALBEF/BLIP, ViLT, VLMo, MAE) takes :func:`coembed.train.fusion_step.fusion_train_step` with its objective
 from :data:`coembed.models.families.OBJECTIVES`.
 
 Determinism: the sample order of epoch ``e`` is a permutation seeded by ``(seed, e)`` and the caption
@@ -292,7 +292,24 @@ def validate(model: torch.nn.Module, tokenizer: Tokenizer, root: Path, samples: 
         out.update(_validate_contrastive(model, tokenizer, root, samples, zeroshot))
     if hasattr(model, "itm_logits"):
         out["val_itm_pair_acc"] = itm_pair_accuracy(model, tokenizer, root, samples)
+    if model.cfg.to_dict().get("family") == "mae":
+        out["val_mae"] = mae_validation_loss(model, root, samples)
     return out
+
+
+@torch.no_grad()
+def mae_validation_loss(model: torch.nn.Module, root: Path, samples: list, batch_size: int = 64) -> float:
+    """An MAE's masked-patch loss over the val images, with fixed masks (:func:`coembed.objectives.mae.validation_loss`)."""
+    from coembed.objectives.mae import validation_loss
+
+    loader = DataLoader(ImageFolderDataset(root, [s.image for s in samples], default_preprocess(model)), batch_size=batch_size,
+                        collate_fn=collate_images)
+    total, count = 0.0, 0
+    for batch in loader:
+        if batch.images is not None:
+            total += validation_loss(model, batch.images.to(next(model.parameters()).device)) * len(batch.images)
+            count += len(batch.images)
+    return total / count if count else float("nan")
 
 
 def _validate_contrastive(model, tokenizer, root, samples, zeroshot) -> dict[str, float]:

@@ -88,6 +88,19 @@ def test_train_json(shapes_data: Path, tiny_sets: list[str], tmp_path: Path) -> 
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 4  # 3 steps + 1 validation
 
 
+def test_train_resume_auto_starts_then_continues(shapes_data: Path, tiny_sets: list[str], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """--resume auto: a fresh --out starts a run; a requeued job with the same command continues it."""
+    base = ["train", "--data", str(shapes_data), "--out", str(tmp_path / "run"), "--batch-size", "32", "--no-progress", "--json",
+            *_sets(tiny_sets), "--set", "precision=fp32", "--set", "log_every=1", "--resume", "auto"]
+    assert main([*base, "--max-steps", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert main([*base, "--max-steps", "2"]) == 0  # resumed at its end: no step to take, the log is kept
+    assert json.loads(capsys.readouterr().out)["steps"] == 2
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == lines
+
+
 def test_eval_json_and_file(tiny_checkpoint: Path, shapes_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval.json"
     proc = run("eval", "--checkpoint", tiny_checkpoint, "--data", shapes_data, "--out", out, "--json")
