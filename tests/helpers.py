@@ -74,23 +74,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def interrupt_then_resume(cfg, at_step: int, monkeypatch) -> None:
-    """Train a fusion-family ``cfg`` until step ``at_step`` raises KeyboardInterrupt, then resume it to the end."""
+def interrupt_then_resume(cfg, at_step: int, monkeypatch, step_function: str = "fusion_train_step") -> None:
+    """Train ``cfg`` until step ``at_step`` raises KeyboardInterrupt, then resume it to the end;
+    ``step_function`` is the loop's step of the model's family (``train_step`` for dual encoders)."""
     import pytest
 
     from coembed.train import loop as loop_mod
 
-    real = loop_mod.fusion_train_step
+    real = getattr(loop_mod, step_function)
 
     def interrupted(*args, step: int, **kwargs):
         if step == at_step:
             raise KeyboardInterrupt
         return real(*args, step=step, **kwargs)
 
-    monkeypatch.setattr(loop_mod, "fusion_train_step", interrupted)
+    monkeypatch.setattr(loop_mod, step_function, interrupted)
     with pytest.raises(KeyboardInterrupt):
         loop_mod.train(cfg)
-    monkeypatch.setattr(loop_mod, "fusion_train_step", real)
+    monkeypatch.setattr(loop_mod, step_function, real)
     loop_mod.train(cfg, resume=True)
 
 

@@ -69,3 +69,21 @@ def load_checkpoint(args, *, need_tokenizer: bool = True):
     if need_tokenizer and loaded.tokenizer is None:
         raise CheckpointError(f"{args.checkpoint} has no tokenizer coembed can read (add a tokenizer.json)")
     return loaded
+
+
+def progress_callback(desc: str, unit: str = "img"):
+    """A ``progress(done, total)`` callback drawing a tqdm bar labelled ``desc``, for library functions
+    that report progress that way (:func:`coembed.data.synthetic.shapes.generate`, ``write_shards``)."""
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from coembed.cli.common import eprint, non_negative_int, positive_int, print_json
+from coembed.cli.common import eprint, non_negative_int, positive_int, print_json, progress_callback
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +51,7 @@ def run_shapes(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     start = time.perf_counter()
-    meta = generate(cfg, args.out, progress=_bar("shapes"))
+    meta = generate(cfg, args.out, progress=progress_callback("shapes"))
     if args.json:
         print_json(meta)
     else:
@@ -64,26 +64,10 @@ def run_shard(args: argparse.Namespace) -> int:
     from coembed.data.shards import write_shards
 
     start = time.perf_counter()
-    stats = write_shards(args.src, args.out, args.samples_per_shard, progress=None if args.no_progress else _bar("shard"))
+    stats = write_shards(args.src, args.out, args.samples_per_shard, progress=None if args.no_progress else progress_callback("shard"))
     if args.json:
         print_json(stats.to_dict())
     else:
         eprint(f"{stats.summary()} in {time.perf_counter() - start:.1f}s")
     eprint(stats.skipped.summary())
     return 0
-
-
-def _bar(desc: str):
-    from tqdm.auto import tqdm
-
-    bar = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    return update

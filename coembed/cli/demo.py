@@ -69,9 +69,9 @@ def _ensure_data(root: Path, cfg: dict) -> None:
             eprint(f"reusing shapes data in {root}")
             return
     eprint(f"generating shapes data in {root}")
-    from coembed.cli.data import _bar
+    from coembed.cli.common import progress_callback
 
-    generate(ShapesConfig(**cfg), root, progress=_bar())
+    generate(ShapesConfig(**cfg), root, progress=progress_callback("shapes"))
 
 
 def _train(args: argparse.Namespace):

@@ -8,15 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 import torch.multiprocessing as mp
 
-from coembed.checkpoint import read_tensors
 from coembed.data.shards import write_shards
-from coembed.train import loop as loop_mod
 from coembed.train.config import TrainConfig
 from coembed.train.loop import TIMING_KEYS, train
-from tests.helpers import free_port, torchrun_env
+from tests.helpers import assert_same_runs, free_port, interrupt_then_resume, torchrun_env
 
 KW = {"max_steps": 10, "log_every": 1, "val_every": 5, "save_every": 4, "warmup_steps": 1, "batch_size": 32, "shard_shuffle": 16}
 
@@ -56,21 +53,8 @@ def test_an_interrupted_stream_resumes_exactly(shard_run, shapes_data: Path, sha
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     ref, _ = shard_run
     cfg = _cfg(shapes_data, shard_dir / "train", tmp_path / "b", tiny_settings)
-    real_step = loop_mod.train_step
-
-    def interrupted(*args, step: int, **kwargs):
-        if step == 7:
-            raise KeyboardInterrupt
-        return real_step(*args, step=step, **kwargs)
-
-    monkeypatch.setattr(loop_mod, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg)
-    monkeypatch.setattr(loop_mod, "train_step", real_step)
-    train(cfg, resume=True)  # from the checkpoint of step 4: skips 4 batches of the stream
-    assert _lines(tmp_path / "b") == _lines(ref)
-    want, got = read_tensors(ref / "checkpoint" / "model.safetensors"), read_tensors(tmp_path / "b" / "checkpoint" / "model.safetensors")
-    assert all(torch.equal(want[k], got[k]) for k in want)
+    interrupt_then_resume(cfg, 7, monkeypatch, "train_step")  # resumes from step 4: skips 4 batches of the stream
+    assert_same_runs(ref, tmp_path / "b")
 
 
 def test_a_truncated_shard_is_counted_and_the_run_goes_on(shapes_data: Path, shard_dir: Path, tiny_settings: dict, tmp_path: Path) -> None:
