@@ -130,7 +130,7 @@ def all_reduce_gradients(model: nn.Module, env: DistEnv, *, average: bool) -> No
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     for bucket in _buckets(params):
-        flat = torch.cat([p.grad.reshape(-1).to(torch.float32) for p in bucket])
+        flat = torch.cat([p.grad.reshape(-1) for p in bucket])  # one dtype per bucket
         dist.all_reduce(flat)
         if average:
             flat /= env.world_size
@@ -142,8 +142,12 @@ def all_reduce_gradients(model: nn.Module, env: DistEnv, *, average: bool) -> No
 
 
 def _buckets(params: list[nn.Parameter]):
+    """Runs of parameters of one gradient dtype, about ``_BUCKET_ELEMENTS`` values each."""
     bucket, size = [], 0
     for p in params:
+        if bucket and p.grad.dtype != bucket[-1].grad.dtype:
+            yield bucket
+            bucket, size = [], 0
         bucket.append(p)
         size += p.numel()
         if size >= _BUCKET_ELEMENTS:

@@ -25,12 +25,15 @@ from coembed.train.step import train_step
 from tests.helpers import free_port, torchrun_env
 
 BATCH = 7  # uneven slices: 3 and 4 pairs
-STEP_CASES = {  # name -> (preset, train_step keyword arguments)
-    "clip": ("tiny", {"loss_name": "clip"}),
-    "siglip": ("tiny-siglip", {"loss_name": "siglip"}),
-    "clip_chunked": ("tiny", {"loss_name": "clip", "loss_chunk_size": 2}),
-    "siglip_chunked": ("tiny-siglip", {"loss_name": "siglip", "loss_chunk_size": 2}),
-    "clip_accum": ("tiny", {"loss_name": "clip", "accum_steps": 2}),
+STEP_CASES = {  # name -> (preset, train_step keyword arguments, model dtype)
+    "clip": ("tiny", {"loss_name": "clip"}, torch.float32),
+    "siglip": ("tiny-siglip", {"loss_name": "siglip"}, torch.float32),
+    "clip_chunked": ("tiny", {"loss_name": "clip", "loss_chunk_size": 2}, torch.float32),
+    "siglip_chunked": ("tiny-siglip", {"loss_name": "siglip", "loss_chunk_size": 2}, torch.float32),
+    "clip_accum": ("tiny", {"loss_name": "clip", "accum_steps": 2}, torch.float32),
+    # float64 towers (the loss itself runs in float32): summation order no longer shows at 1e-5
+    "clip_float64": ("tiny", {"loss_name": "clip"}, torch.float64),
+    "siglip_float64": ("tiny-siglip", {"loss_name": "siglip"}, torch.float64),
 }
 SMALL = {"vision.stem": "patch", "vision.width": 32, "vision.layers": 2, "vision.heads": 2, "text.width": 32, "text.layers": 2,
          "text.heads": 2, "embed_dim": 16}
@@ -41,12 +44,12 @@ def _spawn(worker, *args) -> None:
 
 
 # ----------------------------------------------------------------------------- one step
-def _step_inputs(preset: str):
+def _step_inputs(preset: str, dtype: torch.dtype = torch.float32):
     torch.manual_seed(0)
-    model = new_model(apply_overrides(get_preset(preset), SMALL))
+    model = new_model(apply_overrides(get_preset(preset), SMALL)).to(dtype)
     g = torch.Generator().manual_seed(1)
     size = model.cfg.vision.image_size
-    images = torch.randn(BATCH, 3, size, size, generator=g)
+    images = torch.randn(BATCH, 3, size, size, generator=g, dtype=torch.float64).to(dtype)
     tokens = torch.randint(8, model.cfg.text.vocab_size, (BATCH, 12), generator=g)  # no padding: ids past the specials
     return model, images, tokens
 
@@ -82,8 +85,8 @@ def _step_worker(rank: int, world: int, port: int, out: str) -> None:
     torchrun_env(rank, world, port)
     env = from_env("cpu")
     results = {}
-    for name, (preset, kwargs) in STEP_CASES.items():
-        model, images, tokens = _step_inputs(preset)
+    for name, (preset, kwargs, dtype) in STEP_CASES.items():
+        model, images, tokens = _step_inputs(preset, dtype)
         rows = env.local_slice(list(range(BATCH)))
         loss, grads = _one_step(model, images[rows], tokens[rows], kwargs, env)
         results[name] = {"loss": torch.tensor(loss), **grads}
@@ -105,14 +108,16 @@ def step_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 def test_step_loss_and_gradients_equal_the_combined_batch(step_results) -> None:
     ranks = step_results
-    for name, (preset, kwargs) in STEP_CASES.items():
-        model, images, tokens = _step_inputs(preset)
+    for name, (preset, kwargs, dtype) in STEP_CASES.items():
+        model, images, tokens = _step_inputs(preset, dtype)
         loss, grads = _one_step(model, images, tokens, kwargs, None)
         for r in ranks:
             assert float(r[name]["loss"]) == pytest.approx(loss, abs=1e-5), name
             assert set(r[name]) - {"loss"} == set(grads), name
-            for k, g in grads.items():  # float32 sums in another order: 1e-5 of the tensor's largest entry
-                torch.testing.assert_close(r[name][k], g, rtol=0, atol=1e-5 * max(1.0, g.abs().max().item()), msg=f"{name}: {k}")
+            for k, g in grads.items():
+                # float32 towers sum in another order: 1e-5 of the tensor's largest entry; float64: 1e-5 absolute
+                atol = 1e-5 if dtype == torch.float64 else 1e-5 * max(1.0, g.abs().max().item())
+                torch.testing.assert_close(r[name][k], g, rtol=0, atol=atol, msg=f"{name}: {k}")
 
 
 def test_fusion_step_averages_rank_gradients(step_results) -> None:
