@@ -59,8 +59,15 @@ class DistEnv:
 
     def local_slice(self, batch: list[int]) -> list[int]:
         """This rank's contiguous share of a global batch (sizes differ by at most one)."""
-        n, w = len(batch), self.world_size
-        return batch[self.rank * n // w : (self.rank + 1) * n // w]
+        return batch[self._bounds(len(batch))]
+
+    def local_size(self, n: int) -> int:
+        """How many of a global batch of ``n`` this rank holds (the length of :meth:`local_slice`)."""
+        share = self._bounds(n)
+        return share.stop - share.start
+
+    def _bounds(self, n: int) -> slice:
+        return slice(self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size)
 
     def barrier(self) -> None:
         if self.enabled:

@@ -265,8 +265,9 @@ def _val_split(cfg: TrainConfig) -> tuple[Path, list, dict | None] | None:
 
 def _loader(run: _Run, cfg: TrainConfig, epoch: int, start: int) -> DataLoader:
     if run.stream is not None:
-        local = len(run.env.local_slice(list(range(cfg.batch_size))))  # ranks read different shards
-        return shards.shard_loader(run.stream, batch_size=local, preprocess=default_preprocess(run.model), seed=cfg.seed, epoch=epoch,
+        # each rank reads its own shards, in batches of its share of the global batch
+        return shards.shard_loader(run.stream, batch_size=run.env.local_size(cfg.batch_size), preprocess=default_preprocess(run.model),
+                                   seed=cfg.seed, epoch=epoch,
                                    rank=run.env.rank, world_size=run.env.world_size, workers=cfg.workers, shuffle=cfg.shard_shuffle,
                                    resampled=cfg.shard_resampled, skip_batches=start, with_negatives=cfg.hard_negatives)
     run.dataset.set_epoch(epoch)
@@ -304,10 +305,10 @@ def mae_validation_loss(model: torch.nn.Module, root: Path, samples: list, batch
 
     loader = DataLoader(ImageFolderDataset(root, [s.image for s in samples], default_preprocess(model)), batch_size=batch_size,
                         collate_fn=collate_images)
-    total, count = 0.0, 0
+    total, count, device = 0.0, 0, next(model.parameters()).device
     for batch in loader:
         if batch.images is not None:
-            total += validation_loss(model, batch.images.to(next(model.parameters()).device)) * len(batch.images)
+            total += validation_loss(model, batch.images.to(device)) * len(batch.images)
             count += len(batch.images)
     return total / count if count else float("nan")
 

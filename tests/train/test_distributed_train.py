@@ -214,6 +214,7 @@ def test_local_slices_partition_the_batch() -> None:
     batch = list(range(10))
     parts = [DistEnv(rank=r, world_size=3).local_slice(batch) for r in range(3)]
     assert sum(parts, []) == batch and [len(p) for p in parts] == [3, 3, 4]
+    assert [DistEnv(rank=r, world_size=3).local_size(10) for r in range(3)] == [3, 3, 4]
 
 
 def test_from_env_reads_torchrun_variables() -> None:
