@@ -50,7 +50,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    # backslashreplace: a non-UTF-8 file name (a lone surrogate in Python) becomes the JSON escape
+    # \udcXX, which json.loads reads back as the same str, instead of failing the write.
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace"))
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:

@@ -28,6 +28,7 @@ __all__ = [
     "ImageTransform",
     "decode_image_bytes",
     "load_image",
+    "os_error_reason",
     "pil_batch_to_tensor",
 ]
 
@@ -114,19 +115,24 @@ def _check_regular_file(path: str) -> None:
     """Reject paths that are missing, dangling symlinks, directories, FIFOs or empty files."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
-        reason = "broken symlink" if os.path.islink(path) else "file not found"
-        raise ImageLoadError(path, reason) from None
-    except PermissionError:
-        raise ImageLoadError(path, "permission denied") from None
     except (OSError, ValueError) as e:  # ValueError: embedded NUL or unencodable name
-        raise ImageLoadError(path, f"cannot access file: {e}") from None
+        raise ImageLoadError(path, os_error_reason(path, e)) from None
     if not stat.S_ISREG(st.st_mode):
         # Opening a FIFO would block forever; directories give confusing errors.
         kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
         raise ImageLoadError(path, f"not an image: path is {kind}")
     if st.st_size == 0:
         raise ImageLoadError(path, "empty file: 0 bytes")
+
+
+def os_error_reason(path: str | os.PathLike, error: OSError | ValueError) -> str:
+    """The skip reason for an OS error on an image path, in the categories :func:`load_image` reports
+    (``"broken symlink"``, ``"file not found"``, ``"permission denied"``, ``"cannot access file"``)."""
+    if isinstance(error, FileNotFoundError):
+        return "broken symlink: its target does not exist" if os.path.islink(path) else "file not found"
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    return f"cannot access file: {getattr(error, 'strerror', None) or error}"  # symlink loops, over-long names
 
 
 def _decode(source, path: str, max_pixels: int) -> Image.Image:

@@ -7,14 +7,19 @@ import sys
 from typing import Any
 
 
+def printable(text: str) -> str:
+    """``text`` with the lone surrogates of non-UTF-8 file names written as ``\\udcXX`` escapes, so
+    printing it cannot fail to encode (in JSON the escape reads back as the same str)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
+    sys.stdout.write(printable(json.dumps(obj, indent=2, ensure_ascii=False)) + "\n")
 
 
 def eprint(*parts: Any) -> None:
     """Human progress messages go to stderr so stdout stays machine-readable."""
-    print(*parts, file=sys.stderr, flush=True)
+    print(*(printable(str(p)) for p in parts), file=sys.stderr, flush=True)
 
 
 def positive_int(text: str) -> int:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from coembed.cli import classify, convert, data, demo, embed, evaluate, explain, export, index, search, serve, tag, train
+from coembed.cli.common import printable
 from coembed.errors import CoembedError
 
 COMMANDS = (data, train, evaluate, embed, classify, convert, export, index, search, tag, serve, explain, demo)
@@ -34,11 +35,13 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if hasattr(sys.stdout, "reconfigure"):  # tables name files; a non-UTF-8 name prints as \udcXX, not a crash
+        sys.stdout.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except CoembedError as e:
-        print(f"coembed {args.command}: error: {e}", file=sys.stderr)
+        print(printable(f"coembed {args.command}: error: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"coembed {args.command}: interrupted", file=sys.stderr)

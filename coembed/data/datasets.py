@@ -19,6 +19,7 @@ import io
 import json
 import os
 import random
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from coembed.errors import DataError
-from coembed.transforms import ImageLoadError, ImageTransform, load_image
+from coembed.transforms import ImageLoadError, ImageTransform, load_image, os_error_reason
 
 MANIFEST_JSONL = "captions.jsonl"
 CSV_SUFFIXES = (".csv", ".tsv")
@@ -229,18 +230,24 @@ def _existing(root: Path, entries: list[tuple[str, list[str], dict[str, Any]]], 
         kept = tuple(dict.fromkeys(c for c in map(clean_caption, captions) if c))
         if not kept:
             report.add(image, "empty caption: no non-blank caption")
-        elif not _is_file(root / image):
-            report.add(image, "missing file: no such image file")
+        elif (problem := _file_problem(root / image)) is not None:
+            report.add(image, problem)
         else:
             samples.append(Sample(image, kept, meta))
     return samples
 
 
-def _is_file(path: Path) -> bool:
+def _file_problem(path: Path) -> str | None:
+    """None for a regular file, else why the manifest line is skipped (in load_image's categories:
+    a dangling symlink or a folder named ``x.jpg`` is not a "missing file")."""
     try:
-        return path.is_file()
-    except (OSError, ValueError):  # over-long or NUL-containing names
-        return False
+        st = os.stat(path)
+    except (OSError, ValueError) as e:  # also symlink loops, over-long or NUL-containing names
+        missing = isinstance(e, FileNotFoundError) and not os.path.islink(path)
+        return "missing file: no such image file" if missing else os_error_reason(path, e)
+    if not stat.S_ISREG(st.st_mode):
+        return f"not an image: path is {'a directory' if stat.S_ISDIR(st.st_mode) else 'not a regular file'}"
+    return None
 
 
 def iter_images(root: str | os.PathLike) -> list[str]:

@@ -52,7 +52,7 @@ from coembed.data.datasets import (
 from coembed.data.splits import SPLITS, split_root
 from coembed.errors import ConfigError, DataError
 from coembed.io import atomic_write_json, atomic_writer
-from coembed.transforms import ImageLoadError, decode_image_bytes
+from coembed.transforms import ImageLoadError, decode_image_bytes, os_error_reason
 
 SHARD_DIGITS = 5  # img2dataset's default oom_shard_count
 STATS_NAME = "_stats.json"
@@ -304,10 +304,15 @@ def _write_sample(tar: tarfile.TarFile, job: _ShardJob, sample: Sample, key: str
     meta = {"key": key, "image": sample.image, "captions": list(sample.captions), **extra}
     members = [(f"{key}.{image_ext(sample.image)}", data),
                (f"{key}.txt", sample.captions[0].encode("utf-8")),
-               (f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))]
+               (f"{key}.json", _json_bytes(meta))]
     for name, payload in sorted(members):
         _add_member(tar, name, payload)
     return True
+
+
+def _json_bytes(obj: Any) -> bytes:
+    """UTF-8 JSON; a non-UTF-8 file name (a lone surrogate) becomes the escape ``\\udcXX``, which reads back as the same str."""
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
@@ -324,10 +329,9 @@ def _read_image(root: Path, relpath: str, max_pixels: int) -> tuple[bytes | None
         return None, f"not an image: extension {Path(relpath).suffix or '(none)'!r} is not an image type"
     try:
         data = (root / relpath).read_bytes()
-    except FileNotFoundError:
-        return None, "missing file: no such image file"
     except OSError as e:
-        return None, f"unreadable: {e.strerror or e}"
+        missing = isinstance(e, FileNotFoundError) and not os.path.islink(root / relpath)
+        return None, "missing file: no such image file" if missing else os_error_reason(root / relpath, e)
     if not data:
         return None, "empty file: 0 bytes"
     try:

@@ -29,7 +29,7 @@ from coembed.errors import DataError
 from coembed.loading import Loaded
 from coembed.search.checks import require_ints
 from coembed.search.store import FileUpdate, NewVector, Store, file_sha256
-from coembed.transforms import ImageLoadError, load_image
+from coembed.transforms import ImageLoadError, load_image, os_error_reason
 
 
 @dataclass(kw_only=True)
@@ -129,7 +129,7 @@ class Indexer:
         try:
             st = os.stat(path)
         except OSError as e:
-            report.skipped.add(path, f"unreadable: {e.strerror or e}")
+            report.skipped.add(path, os_error_reason(path, e))
             return
         row = self.store.lookup(path)
         if row is not None and not row.deleted and (row.size, row.mtime_ns) == (st.st_size, st.st_mtime_ns):
@@ -140,7 +140,7 @@ class Indexer:
         try:
             sha = file_sha256(path)
         except OSError as e:
-            report.skipped.add(path, f"unreadable: {e.strerror or e}")
+            report.skipped.add(path, os_error_reason(path, e))
             return
         self._add(path, st, sha, batch, report)
 

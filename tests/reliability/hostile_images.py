@@ -27,6 +27,7 @@ REJECT = "reject"
 # can see it rejected. Its expected outcome is what an unprivileged reader gets.
 UNREADABLE = "unreadable.png"
 NON_UTF8 = os.fsdecode(b"caf\xe9.png")  # 'caf\udce9.png': a surrogate-escaped str, valid on Linux
+NON_UTF8_BAD = os.fsdecode(b"bad\xff.jpg")  # a non-UTF-8 name on a file that is not an image: the name lands in skip reports
 LONG_NAME = "L" * 251 + ".png"  # 255 bytes: the longest name ext4 allows
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -158,6 +159,7 @@ def _files() -> dict[str, tuple[bytes, Case]]:
         UNREADABLE: (_png(control_image()), Case(p, REJECT, "permission denied")),
         LONG_NAME: (_png(control_image()), Case(p, OK, size=(48, 32), pixel=((2, 2), RED))),
         NON_UTF8: (_png(control_image()), Case(p, OK, size=(48, 32), pixel=((2, 2), RED))),
+        NON_UTF8_BAD: (b"GIF89a" + bytes(10), Case(p, REJECT, "not an image")),
     }
 
 
@@ -189,3 +191,38 @@ def ok_names(cases: dict[str, Case]) -> set[str]:
 
 def reject_names(cases: dict[str, Case]) -> set[str]:
     return {n for n, c in cases.items() if c.outcome == REJECT}
+
+
+def deny_reading(monkeypatch, names: set[str]) -> None:
+    """Make opening a file called one of ``names`` fail as it does for a user without read permission
+    (``PermissionError`` with errno EACCES), in this process and in DataLoader workers forked from it.
+
+    We run as root, which reads mode-000 files; tests that run the code in-process fake the OS
+    answer here (``test_images_loader`` checks the real one as an unprivileged user).
+    """
+    import builtins
+    import errno
+
+    real_open, real_os_open = builtins.open, os.open
+    denied = {os.fsencode(n) for n in names}
+
+    def check(file) -> None:
+        if isinstance(file, (str, bytes, os.PathLike)) and os.path.basename(os.fsencode(file)) in denied:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(file))
+
+    def fake_open(file, *args, **kwargs):
+        check(file)
+        return real_open(file, *args, **kwargs)
+
+    def fake_os_open(path, *args, **kwargs):
+        check(path)
+        return real_os_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(io, "open", fake_open)
+    monkeypatch.setattr(os, "open", fake_os_open)
+
+
+def expected_skips(cases: dict[str, Case], *, listed_only: bool = False) -> dict[str, str]:
+    """``{name: reason category}`` of the cases an entry point must skip."""
+    return {n: c.reason for n, c in cases.items() if c.outcome == REJECT and (c.listed or not listed_only)}
