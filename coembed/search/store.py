@@ -247,7 +247,7 @@ class Store:
 
     # ------------------------------------------------------------------ files
     def lookup(self, path: str) -> FileRow | None:
-        rows = self._query(_FILE_SELECT + " WHERE f.path = ?", (path,))
+        rows = self._query(_FILE_SELECT + " WHERE f.path = ?", (_db_path(path),))
         return _file_row(rows[0]) if rows else None
 
     def file(self, file_id: int) -> FileRow | None:
@@ -261,8 +261,10 @@ class Store:
     def live_paths_under(self, root: str) -> list[str]:
         """Paths of live (not soft-deleted) files at or below the folder ``root``."""
         prefix = root.rstrip("/") + "/"
-        rows = self._query("SELECT path FROM files WHERE deleted = 0 AND substr(path, 1, ?) = ?", (len(prefix), prefix))
-        return [r[0] for r in rows]
+        raw = os.fsencode(prefix)  # non-UTF-8 paths are stored as their bytes (see _db_path)
+        rows = self._query("SELECT path FROM files WHERE deleted = 0 AND (substr(path, 1, ?) = ? OR "
+                           "(typeof(path) = 'blob' AND substr(path, 1, ?) = ?))", (len(prefix), _db_path(prefix), len(raw), raw))
+        return [_path_from_db(r[0]) for r in rows]
 
     def files_for_vectors(self, vector_ids: Iterable[int]) -> dict[int, list[FileRow]]:
         """Live files using each vector id, sorted by path."""
@@ -299,7 +301,7 @@ class Store:
                     "INSERT INTO files(path, size, mtime_ns, sha256, deleted, vector_id, error) VALUES (?, ?, ?, ?, 0, ?, ?) "
                     "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
                     "sha256 = excluded.sha256, deleted = 0, vector_id = excluded.vector_id, error = excluded.error",
-                    (f.path, f.size, f.mtime_ns, f.sha256, vector_id, f.error),
+                    (_db_path(f.path), f.size, f.mtime_ns, f.sha256, vector_id, _db_text(f.error)),
                 )
             if files:
                 _bump_generation(conn)
@@ -313,7 +315,7 @@ class Store:
 
     def soft_delete(self, paths: Sequence[str]) -> None:
         with self._transaction() as conn:
-            conn.executemany("UPDATE files SET deleted = 1 WHERE path = ?", [(p,) for p in paths])
+            conn.executemany("UPDATE files SET deleted = 1 WHERE path = ?", [(_db_path(p),) for p in paths])
             if paths:
                 _bump_generation(conn)
 
@@ -385,4 +387,23 @@ _FILE_SELECT = (
 
 
 def _file_row(row: tuple) -> FileRow:
-    return FileRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]), row[6], row[7], row[8], row[9])
+    return FileRow(row[0], _path_from_db(row[1]), row[2], row[3], row[4], bool(row[5]), row[6], row[7], row[8], row[9])
+
+
+def _db_path(path: str) -> str | bytes:
+    """A path as SQLite keeps it: UTF-8 text, or for a name that is not UTF-8 (a str with lone
+    surrogates, which SQLite text cannot hold) its exact bytes as a BLOB, so it reads back unchanged."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def _path_from_db(value: str | bytes) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _db_text(text: str | None) -> str | None:
+    """Free text (an error reason) as valid UTF-8: lone surrogates become \\udcXX escapes."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -79,8 +79,14 @@ class HealthOut(BaseModel):
 
 
 def _hits(hits: list[Hit]) -> list[HitOut]:
-    return [HitOut(id=h.id, path=h.path, name=Path(h.path).name, score=h.score, width=h.width, height=h.height,
-                   thumbnail=f"/api/thumbnail/{h.id}") for h in hits]
+    return [HitOut(id=h.id, path=_shown(h.path), name=_shown(Path(h.path).name), score=h.score, width=h.width,
+                   height=h.height, thumbnail=f"/api/thumbnail/{h.id}") for h in hits]
+
+
+def _shown(path: str) -> str:
+    """A path as JSON can carry it: a non-UTF-8 name's lone surrogates (which cannot be encoded, so
+    the response would fail with a 500) are shown as \\udcXX; the file itself is fetched by id."""
+    return path.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 # ----------------------------------------------------------------------------- thumbnails

@@ -86,7 +86,7 @@ def test_jsonl_good_and_bad_lines(tmp_path: Path) -> None:
     assert samples[0].captions == ("a red square", "x y", "a duplicate line adds captions")  # cleaned, deduplicated
     assert samples[0].meta == {"objects": [1]} and samples[1].captions == ("one caption",)
     assert report.by_reason == {"invalid JSON": 1, "invalid UTF-8": 1, "wrong type": 3, "missing field": 2,
-                                "empty caption": 1, "missing file": 2}
+                                "empty caption": 1, "missing file": 1, "not an image": 1}  # the folder "sub"
     names = [name for name, _ in report.examples]
     assert "captions.jsonl:4" in names and "gone.png" in names and "d.png" in names
 
