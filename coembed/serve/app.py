@@ -157,7 +157,7 @@ def _single_threaded_kernels() -> None:
 
 
 # SQLite ids are signed 64-bit: a larger path id overflowed inside the store (a 500, found by schemathesis).
-FILE_ID = PathParam(ge=0, le=2**63 - 1, description="id of an indexed image")
+FILE_ID = PathParam(ge=-(2**63), le=2**63 - 1, description="id of an indexed image")
 
 
 def _top(cfg: ServeConfig):
