@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from threading import Lock
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -78,6 +78,20 @@ class HealthOut(BaseModel):
     checkpoint: str
 
 
+class ErrorOut(BaseModel):
+    """Body of every 4xx / 5xx answer (see ``_error``)."""
+
+    error: str
+    status: int
+
+
+# Declared on every operation so the OpenAPI schema describes the error answers the handlers give
+# (FastAPI's default 422 model is its own validation body, which this app never sends).
+ERROR_RESPONSES = {code: {"model": ErrorOut, "description": text} for code, text in (
+    (400, "Bad request (an unparsable query or upload)"), (404, "No such indexed image"),
+    (413, "Upload over the byte or pixel limit"), (422, "Invalid parameter"), (500, "Internal error"))}
+
+
 def _hits(hits: list[Hit]) -> list[HitOut]:
     return [HitOut(id=h.id, path=_shown(h.path), name=_shown(Path(h.path).name), score=h.score, width=h.width,
                    height=h.height, thumbnail=f"/api/thumbnail/{h.id}") for h in hits]
@@ -125,7 +139,8 @@ def create_app(searcher: Searcher, cfg: ServeConfig | None = None) -> FastAPI:
     _single_threaded_kernels()
     if searcher.encode_text is None:
         searcher.encode_text = TextBatcher(lambda texts: encode_texts(searcher.loaded, texts)).encode
-    app = FastAPI(title="coembed search", version="1", summary="Search indexed images by text or by image.")
+    app = FastAPI(title="coembed search", version="1", summary="Search indexed images by text or by image.",
+                  responses=ERROR_RESPONSES)
     app.state.searcher, app.state.cfg = searcher, cfg
     app.state.thumbs, app.state.metrics = ThumbnailCache(cfg.thumb_cache_items), Metrics()
     _install_error_handlers(app)
@@ -145,6 +160,10 @@ def _single_threaded_kernels() -> None:
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
+
+
+# SQLite ids are signed 64-bit: a larger path id overflowed inside the store (a 500, found by schemathesis).
+FILE_ID = PathParam(ge=-(2**63), le=2**63 - 1, description="id of an indexed image")
 
 
 def _top(cfg: ServeConfig):
@@ -169,7 +188,7 @@ def _add_search_routes(app: FastAPI, searcher: Searcher, cfg: ServeConfig) -> No
         return SearchOut(query="(image)", took_ms=_ms(start), results=_hits(hits))
 
     @app.get("/api/similar/{file_id}", response_model=SearchOut, summary="Images similar to an indexed image")
-    def similar(file_id: int, top: int = _top(cfg)) -> SearchOut:
+    def similar(file_id: int = FILE_ID, top: int = _top(cfg)) -> SearchOut:
         start = time.perf_counter()
         hits = searcher.similar(file_id, top)
         return SearchOut(query=f"similar:{file_id}", took_ms=_ms(start), results=_hits(hits))
@@ -182,7 +201,7 @@ def _add_file_routes(app: FastAPI, searcher: Searcher, cfg: ServeConfig) -> None
 
     @app.get("/api/thumbnail/{file_id}", summary="JPEG thumbnail of an indexed image",
              responses={200: {"content": {"image/jpeg": {}}}})
-    def thumbnail(request: Request, file_id: int, size: int = Query(160, ge=16, le=512)) -> Response:
+    def thumbnail(request: Request, file_id: int = FILE_ID, size: int = Query(160, ge=16, le=512)) -> Response:
         row = searcher.store.file(file_id)
         if row is None or row.deleted or row.vector_id is None:
             raise HTTPException(404, f"no indexed image with id {file_id}")
