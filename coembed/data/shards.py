@@ -304,10 +304,19 @@ def _write_sample(tar: tarfile.TarFile, job: _ShardJob, sample: Sample, key: str
     meta = {"key": key, "image": sample.image, "captions": list(sample.captions), **extra}
     members = [(f"{key}.{image_ext(sample.image)}", data),
                (f"{key}.txt", sample.captions[0].encode("utf-8")),
-               (f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))]
+               (f"{key}.json", _json_bytes(meta))]
     for name, payload in sorted(members):
         _add_member(tar, name, payload)
     return True
+
+
+def _json_bytes(meta: dict) -> bytes:
+    """UTF-8 JSON; a manifest field holding a lone surrogate (JSON allows ``"\\ud800"``) cannot be
+    UTF-8, so that sample's JSON is written with ``\\u`` escapes instead, which read back the same."""
+    try:
+        return json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(meta).encode("ascii")
 
 
 def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
