@@ -38,8 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CoembedError as e:
-        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
-        print(f"coembed {command}: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message
+        print(f"coembed {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message
         return 2
     except KeyboardInterrupt:
         print(f"coembed {args.command}: interrupted", file=sys.stderr)
