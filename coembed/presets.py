@@ -7,6 +7,7 @@ tower fields (``{"vision.layers": 4}``) or nested dicts.
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 from collections.abc import Callable
 from dataclasses import asdict, fields
@@ -186,16 +187,50 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
         target = data
         for part in [node, *path][:-1]:
             if part not in target or not isinstance(target[part], dict):
-                raise ConfigError(f"unknown model setting {key!r}")
+                raise ConfigError(f"unknown model setting {key!r}{_did_you_mean(key, data)}")
             target = target[part]
         leaf = [node, *path][-1]
         if leaf not in target:
-            raise ConfigError(f"unknown model setting {key!r}")
-        target[leaf] = value
+            raise ConfigError(f"unknown model setting {key!r}{_did_you_mean(key, data)}")
+        target[leaf] = _typed_like(key, target[leaf], value)
     try:
         return model_class(family).config_class(**data)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid model setting: {e}") from None
+
+
+def _typed_like(key: str, current: Any, value: Any) -> Any:
+    """``value`` checked against the type of the setting's current value, so a wrong type is named
+    (``vision.layers must be an integer, got 'abc'``) instead of failing later as a ``TypeError``
+    deep in a tower. ``bool`` is an ``int`` in Python but not here; a float setting accepts an integer
+    or a numeric string (YAML reads ``1e-3`` as a string). Settings whose value is None, a list or a
+    mapping are left to the config's own checks."""
+    def bad(kind: str) -> ConfigError:
+        return ConfigError(f"invalid model setting: {key} must be {kind}, got {value!r}")
+
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+    elif isinstance(current, float):
+        try:
+            number = float(value) if isinstance(value, str) else value
+        except ValueError:
+            raise bad("a number") from None
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise bad("a finite number")
+        return float(number)
+    elif isinstance(current, str) and not isinstance(value, str):
+        raise bad("a string")
+    return value
+
+
+def _did_you_mean(key: str, data: dict[str, Any]) -> str:
+    """`` (did you mean 'vision.layers'?)`` for the closest dotted setting name, or ``""``."""
+    close = difflib.get_close_matches(key, list(_flatten(data)), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def has_setting(cfg: Any, key: str) -> bool:

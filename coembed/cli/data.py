@@ -50,6 +50,10 @@ def run_shapes(args: argparse.Namespace) -> int:
                            workers=args.workers)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    from pathlib import Path
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a file; give a folder for the dataset")
     start = time.perf_counter()
     meta = generate(cfg, args.out, progress=progress_callback("shapes"))
     if args.json:

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", type=non_negative_int, help="this worker's number, 0..num-shards-1 (default: $RANK, else 0)")
     p.add_argument("--num-shards", type=positive_int, help="number of workers (default: $WORLD_SIZE, else 1)")
     p.add_argument("--device", default="cpu", help="where the model runs; 'cuda' means cuda:$LOCAL_RANK under torchrun (default cpu)")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=non_negative_int, default=1, help="DataLoader processes decoding images (0: in this process)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from coembed.search.store import checkpoint_identity
 
     shard, num_shards = shard_arguments(args.shard, args.num_shards, os.environ)
+    device = _device(args.device, os.environ)
     root = Path(args.images)
     if not root.is_dir():
         raise DataError(f"--images {root} is not a folder")
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"no image files under {root}")
     cfg = EmbedConfig(shard=shard, num_shards=num_shards, shard_size=args.shard_size, batch_size=args.batch_size,
                       workers=max(args.workers, 0), progress=not args.no_progress)
-    loaded = load(args.checkpoint, _device(args.device, os.environ), quick_gelu=args.quick_gelu)
+    loaded = load(args.checkpoint, device, quick_gelu=args.quick_gelu)
     identity = checkpoint_identity(args.checkpoint, loaded.model.cfg.embed_dim)
     report = embed_partitions(loaded, identity, root, paths, args.out, cfg)
     if args.json:
@@ -92,5 +93,17 @@ def _env_int(env, name: str) -> int:
 
 
 def _device(device: str, env) -> str:
-    """``cuda`` under torchrun means this process's own GPU."""
+    """``cuda`` under torchrun means this process's own GPU.
+
+    Raises:
+        ConfigError: ``device`` is not a device name torch knows (``cpu``, ``cuda``, ``cuda:1`` ...).
+    """
+    import torch
+
+    from coembed.errors import ConfigError
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a device name; use cpu, cuda or cuda:N") from None
     return f"cuda:{env['LOCAL_RANK']}" if device == "cuda" and "LOCAL_RANK" in env else device

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CoembedError as e:
-        print(printable(f"coembed {args.command}: error: {e}"), file=sys.stderr)
+        print(printable(f"coembed {args.command}: error: {' '.join(str(e).split())}"), file=sys.stderr)  # one line
         return 2
     except KeyboardInterrupt:
         print(f"coembed {args.command}: interrupted", file=sys.stderr)

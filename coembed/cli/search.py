@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _queries(args: argparse.Namespace) -> list[tuple[str, list]]:
     """(label, parsed terms) per query; parse errors come before the model is loaded."""
+    import re
     from pathlib import Path
 
     from coembed.errors import ConfigError, DataError
@@ -52,11 +53,18 @@ def _queries(args: argparse.Namespace) -> list[tuple[str, list]]:
         path = Path(args.queries)
         if not path.is_file():
             raise DataError(f"--queries {path} is not a file")
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise DataError(f"--queries {path} is not UTF-8 text (byte {e.start})") from None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         if not lines:
             raise DataError(f"--queries {path} holds no query")
         return [(line, parse_query(line)) for line in lines]
     if args.query:
+        # Arguments that were not UTF-8 bytes arrive with surrogates (surrogateescape), which no
+        # tokenizer or stdout can encode: read those bytes as U+FFFD, as a browser would.
+        args.query = [re.sub("[\ud800-\udfff]", "\ufffd", q) for q in args.query]
         # One argument may be a whole quoted expression; several are the words of one.
         terms = parse_query(args.query[0]) if len(args.query) == 1 else parse_tokens(args.query)
         return [(" ".join(args.query), terms)]

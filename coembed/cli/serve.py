@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 
-from coembed.cli.common import add_quick_gelu_arg, eprint, positive_int
+from coembed.cli.common import add_quick_gelu_arg, eprint, port_number, positive_int
 from coembed.cli.index import DEFAULT_DB
 
 
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="checkpoint folder (default: the one recorded in the index)")
     add_quick_gelu_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000)
     p.add_argument("--max-upload-mb", type=positive_int, default=10, help="largest upload in MiB")
     p.set_defaults(func=run)
 

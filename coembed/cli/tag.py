@@ -22,15 +22,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from coembed.errors import ConfigError
+    from coembed.eval.zeroshot import _SLOT
     from coembed.loading import load
 
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     if len(labels) < 2:
         raise ConfigError(f"--labels needs at least two comma-separated labels, got {args.labels!r}")
+    templates = args.template or ["a {}"]
+    if (bad := next((t for t in templates if not _SLOT.search(t)), None)) is not None:
+        raise ConfigError(f"--template {bad!r} has no slot for the label; put {{}} where it goes, e.g. \"a photo of a {{}}\"")
     if args.checkpoint is None and getattr(args, "db", None) is None:
         raise ConfigError("give --checkpoint CKPT or --db PATH (an index records its checkpoint)")
     loaded = load(args.checkpoint or _recorded_checkpoint(args.db), quick_gelu=args.quick_gelu)
-    print_tags(tag_images(loaded, args.images, labels, args.template or ["a {}"], args.top), as_json=args.json)
+    print_tags(tag_images(loaded, args.images, labels, templates, args.top), as_json=args.json)
     return 0
 
 

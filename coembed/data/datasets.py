@@ -10,6 +10,21 @@ Manifest formats (paths are relative to the manifest's folder unless absolute):
 Bad lines (invalid JSON or UTF-8, missing or mistyped fields, empty captions, missing image files)
 are skipped and counted in a :class:`SkipReport`; images that fail to decode are skipped the same way
 when a batch is loaded. A manifest with no usable line is an error naming the file and the reasons.
+
+What happens to hostile text, line by line (both formats):
+
+- a line (JSONL) or row (CSV) that is not UTF-8 is skipped as ``invalid UTF-8`` naming ``file:line``
+  (not decoded with replacement characters: a caption made of U+FFFD would train on noise);
+- a UTF-8 byte-order mark at the start of the file is ignored; CRLF line ends are read like LF;
+- captions are cleaned by :func:`clean_caption`: control characters (NUL included) become spaces,
+  whitespace runs collapse, lone surrogates (``"\ud800"`` escapes in JSON) become U+FFFD; a caption
+  with no visible character left (only whitespace, control or format characters such as U+200B) is
+  dropped, and a sample with no caption left is skipped as ``empty caption``;
+- lines naming an image seen before are merged into that image's sample (captions appended in
+  order, exact duplicates dropped, the first line's other fields kept) and counted in
+  :attr:`SkipReport.merged` and :attr:`SkipReport.duplicate_captions`;
+- a CSV the ``csv`` module cannot parse (an unclosed quote) is a :class:`DataError` naming the line,
+  not a silently swallowed rest of the file.
 """
 
 from __future__ import annotations
@@ -19,7 +34,9 @@ import io
 import json
 import os
 import random
+import re
 import stat
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +95,8 @@ class SkipReport:
     by_reason: dict[str, int] = field(default_factory=dict)
     examples: list[tuple[str, str]] = field(default_factory=list)
     max_examples: int = 20
+    merged: int = 0  # manifest lines merged into an earlier sample of the same image (not skips)
+    duplicate_captions: int = 0  # captions dropped because the same image already had that exact caption
 
     @property
     def total(self) -> int:
@@ -94,6 +113,8 @@ class SkipReport:
             self.by_reason[category] = self.by_reason.get(category, 0) + count
         room = self.max_examples - len(self.examples)
         self.examples.extend(other.examples[: max(room, 0)])
+        self.merged += other.merged
+        self.duplicate_captions += other.duplicate_captions
 
     def summary(self, max_examples: int = 5) -> str:
         """One line: ``skipped 3 samples (missing file 2, empty caption 1): a.png (missing file), ...``."""
@@ -136,9 +157,10 @@ def read_samples(root: str | os.PathLike) -> tuple[list[Sample], SkipReport]:
         raise DataError(f"{root} has no {MANIFEST_JSONL} and no CSV file with '{CSV_IMAGE_COLUMN}' and '{CSV_CAPTION_COLUMN}' columns")
     report = SkipReport()
     entries = _jsonl_entries(manifest, report) if manifest.suffix == ".jsonl" else _csv_entries(manifest, report)
-    samples = _existing(root, _group(entries), report)
+    samples = _existing(root, _group(entries, report), report)
     if not samples:
-        raise DataError(f"no usable samples in {manifest}: {report.summary()}")
+        empty = not report.total and not manifest.read_bytes().strip()
+        raise DataError(f"{manifest} is empty" if empty else f"no usable samples in {manifest}: {report.summary()}")
     return samples, report
 
 
@@ -147,9 +169,9 @@ def _jsonl_entries(path: Path, report: SkipReport) -> Iterable[tuple[str, list[s
         for lineno, raw in enumerate(f, start=1):
             where = f"{path.name}:{lineno}"
             try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                report.add(where, "invalid UTF-8: line is not UTF-8 text")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a BOM only ever starts the file
+            except UnicodeDecodeError as e:
+                report.add(where, f"invalid UTF-8: byte {e.start} of the line is not UTF-8 text")
                 continue
             if not line.strip():
                 continue
@@ -162,7 +184,10 @@ def _parse_jsonl_line(line: str, where: str, report: SkipReport) -> tuple[str, l
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        report.add(where, f"invalid JSON: {e.msg}")
+        report.add(where, f"invalid JSON: {e.msg} (column {e.colno})")
+        return None
+    except RecursionError:  # json's C decoder recurses per nesting level
+        report.add(where, "invalid JSON: nested too deeply")
         return None
     if not isinstance(obj, dict):
         report.add(where, f"wrong type: expected a JSON object, got {type(obj).__name__}")
@@ -182,52 +207,95 @@ def _captions_field(obj: dict[str, Any], where: str, report: SkipReport) -> list
     if raw is None and single is None:
         report.add(where, "missing field: 'captions' (a list of strings) or 'caption' (a string)")
         return None
+    for name, value in (("captions", raw), ("caption", single)):
+        if value is None or isinstance(value, str) or (name == "captions" and isinstance(value, list)):
+            continue
+        report.add(where, f"wrong type: '{name}' must be {'a list of strings' if name == 'captions' else 'a string'}, "
+                          f"got {type(value).__name__} {value!r:.40}")
+        return None
     values = ([raw] if isinstance(raw, str) else raw or []) + ([single] if single is not None else [])
-    if not isinstance(values, list) or not all(isinstance(c, str) for c in values):
-        report.add(where, "wrong type: 'captions' must be a list of strings")
+    bad = next((c for c in values if not isinstance(c, str)), None)
+    if bad is not None:
+        report.add(where, f"wrong type: 'captions' must be a list of strings, it holds {type(bad).__name__} {bad!r:.40}")
         return None
     return values
 
 
+# Bytes that are not UTF-8 survive decoding with errors="surrogateescape" as U+DC80..U+DCFF, so a
+# row holding them can be skipped alone (valid UTF-8 never decodes to a surrogate).
+_ESCAPED_BYTES = re.compile("[\udc80-\udcff]")
+
+
 def _csv_entries(path: Path, report: SkipReport) -> Iterable[tuple[str, list[str], dict[str, Any]]]:
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    if not text.strip():
+        raise DataError(f"{path} is empty; it needs a header row with '{CSV_IMAGE_COLUMN}' and '{CSV_CAPTION_COLUMN}' columns")
     header = text.split("\n", 1)[0]
     delimiter = "\t" if header.count("\t") > header.count(",") else ","
-    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
-    missing = {CSV_IMAGE_COLUMN, CSV_CAPTION_COLUMN} - set(reader.fieldnames or [])
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter, strict=True)
+    missing = {CSV_IMAGE_COLUMN, CSV_CAPTION_COLUMN} - set(_csv_rows(path, reader, lambda: reader.fieldnames) or [])
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}; found {reader.fieldnames}")
-    for row in reader:
+    while (row := _csv_rows(path, reader, lambda: next(reader, None))) is not None:
         where = f"{path.name}:{reader.line_num}"
         image, caption = row.get(CSV_IMAGE_COLUMN), row.get(CSV_CAPTION_COLUMN)
-        if not image or not image.strip():
+        if any(_ESCAPED_BYTES.search(v) for v in (image or "", caption or "")):
+            report.add(where, "invalid UTF-8: the row is not UTF-8 text")
+        elif not image or not image.strip():
             report.add(where, f"missing field: empty '{CSV_IMAGE_COLUMN}'")
-            continue
-        yield image.strip(), [caption or ""], {}
+        else:
+            yield image.strip(), [caption or ""], {}
 
 
-def _group(entries: Iterable[tuple[str, list[str], dict[str, Any]]]) -> list[tuple[str, list[str], dict[str, Any]]]:
-    """Merge entries naming the same image (first-seen order; captions deduplicated)."""
+def _csv_rows(path: Path, reader: csv.DictReader, read: Callable[[], Any]) -> Any:
+    """``read()`` with no limit on a field's size (a long caption is not an error), and the ``csv``
+    module's errors (an unclosed quote) as a DataError naming the line: the reader cannot resume
+    after them, and going on would swallow the rest of the file into one field."""
+    limit, start = csv.field_size_limit(), reader.line_num + 1
+    csv.field_size_limit(1 << 30)
+    try:
+        return read()
+    except csv.Error as e:
+        raise DataError(f"{path}:{start}: malformed CSV ({e}); check the quotes of the row starting at line {start}") from None
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _group(entries: Iterable[tuple[str, list[str], dict[str, Any]]], report: SkipReport) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """Merge entries naming the same image (first-seen order; the first entry's meta), counting the
+    merged entries in ``report.merged``."""
     grouped: dict[str, tuple[str, list[str], dict[str, Any]]] = {}
     for image, captions, meta in entries:
         if image in grouped:
             grouped[image][1].extend(captions)
+            report.merged += 1
         else:
             grouped[image] = (image, list(captions), meta)
     return list(grouped.values())
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 and C1 controls except tab and newline
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def clean_caption(text: str) -> str:
-    return " ".join(text.replace("\x00", " ").split())
+    """``text`` with control characters as spaces, whitespace collapsed and lone surrogates as
+    U+FFFD (they cannot be written as UTF-8); ``""`` when no visible character is left."""
+    text = " ".join(_SURROGATE.sub("\ufffd", _CONTROL.sub(" ", text)).split())
+    return text if any(unicodedata.category(ch) not in ("Cf", "Zs") for ch in text) else ""
+
+
+def _captions(captions: list[str], report: SkipReport) -> tuple[str, ...]:
+    cleaned = [c for c in map(clean_caption, captions) if c]
+    kept = tuple(dict.fromkeys(cleaned))
+    report.duplicate_captions += len(cleaned) - len(kept)
+    return kept
 
 
 def _existing(root: Path, entries: list[tuple[str, list[str], dict[str, Any]]], report: SkipReport) -> list[Sample]:
     samples = []
     for image, captions, meta in entries:
-        kept = tuple(dict.fromkeys(c for c in map(clean_caption, captions) if c))
+        kept = _captions(captions, report)
         if not kept:
             report.add(image, "empty caption: no non-blank caption")
         elif (problem := _file_problem(root / image)) is not None:

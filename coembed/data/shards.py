@@ -310,9 +310,13 @@ def _write_sample(tar: tarfile.TarFile, job: _ShardJob, sample: Sample, key: str
     return True
 
 
-def _json_bytes(obj: Any) -> bytes:
-    """UTF-8 JSON; a non-UTF-8 file name (a lone surrogate) becomes the escape ``\\udcXX``, which reads back as the same str."""
-    return json.dumps(obj, ensure_ascii=False).encode("utf-8", "backslashreplace")
+def _json_bytes(meta: Any) -> bytes:
+    """UTF-8 JSON; a manifest field holding a lone surrogate (JSON allows ``"\\ud800"``) cannot be
+    UTF-8, so that sample's JSON is written with ``\\u`` escapes instead, which read back the same."""
+    try:
+        return json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(meta).encode("ascii")
 
 
 def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:

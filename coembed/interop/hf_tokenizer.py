@@ -19,7 +19,7 @@ import torch
 from tokenizers import Tokenizer as _HFTokenizer
 
 from coembed.errors import CheckpointError
-from coembed.tokenizer import JsonBacked, check_batch
+from coembed.tokenizer import JsonBacked, _replace_surrogates, check_batch
 
 
 class HFTokenizer(JsonBacked):
@@ -64,7 +64,11 @@ class HFTokenizer(JsonBacked):
         tok = _HFTokenizer.from_str(self._tok.to_str())  # a copy: padding settings are not thread-safe state
         tok.enable_truncation(max_length=context_length)
         tok.enable_padding(length=context_length, pad_id=self._pad)
-        return torch.tensor([enc.ids for enc in tok.encode_batch(batch)], dtype=torch.long)
+        try:
+            encodings = tok.encode_batch(batch)
+        except TypeError:  # lone surrogates (json.loads accepts "\ud800") are not UTF-8; the Rust side refuses them
+            encodings = tok.encode_batch(_replace_surrogates(batch))
+        return torch.tensor([enc.ids for enc in encodings], dtype=torch.long)
 
 
 def _pad_id(folder: Path, backend: _HFTokenizer) -> int:

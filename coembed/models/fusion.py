@@ -58,6 +58,8 @@ class FusionTextConfig:
         for name in ("vocab_size", "context_length", "width", "heads", "fusion_layers"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"text.{name} must be positive, got {getattr(self, name)}")
+        if self.context_length < 2:
+            raise ValueError(f"text.context_length must be >= 2 (room for <sot> and <eot>), got {self.context_length}")
         if self.layers < 0:
             raise ValueError(f"text.layers must be >= 0, got {self.layers}")
         if self.width % self.heads:

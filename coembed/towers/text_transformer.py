@@ -44,6 +44,8 @@ class TextConfig:
         for name in ("vocab_size", "context_length", "width", "layers", "heads"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"text.{name} must be positive, got {getattr(self, name)}")
+        if self.context_length < 2:
+            raise ValueError(f"text.context_length must be >= 2 (room for <sot> and <eot>), got {self.context_length}")
         if self.width % self.heads:
             raise ValueError(f"text.width ({self.width}) must be divisible by text.heads ({self.heads})")
         if not self.mlp_ratio > 0:

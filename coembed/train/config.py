@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -86,6 +88,7 @@ class TrainConfig:
             (self.captions_per_image is None or self.captions_per_image > 0,
              f"captions_per_image must be positive or null, got {self.captions_per_image}"),
             (self.lr > 0, f"lr must be positive, got {self.lr}"),
+            (self.eps > 0, f"eps must be positive (AdamW divides by it), got {self.eps}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
             (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), got {self.betas}"),
@@ -181,6 +184,8 @@ def _number(name: str, value: Any, *, integer: bool) -> int | float:
     if isinstance(number, bool) or not isinstance(number, (int, float)):
         raise ValueError(f"{name} must be {kind}, got {value!r}")
     if not integer:
+        if not math.isfinite(number):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
         return float(number)
     if isinstance(number, float) and not number.is_integer():
         raise ValueError(f"{name} must be {kind}, got {value!r}")
@@ -209,14 +214,42 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps
+    the last value silently, so the setting the user read first would be lost."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"setting {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line: ``line 3, column 5: found character '\\t' that cannot start any token``."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return " ".join(f"{where}{problem}".split())
+
+
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML mapping, naming the file on failure."""
+    """Read a YAML (or JSON) mapping, naming the file on failure."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder, not a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -245,6 +278,7 @@ def build_train_config(base: dict[str, Any], file: str | None = None, sets: list
             ``data`` / ``out``; the message names the setting.
     """
     merged: dict[str, Any] = read_yaml(file) if file else {}
+    from_file = set(merged)
     model = _model_section(merged.pop("model", None), f"config file {file}")
     for key, value in parse_sets(sets or []).items():
         if key.startswith("model."):
@@ -258,14 +292,28 @@ def build_train_config(base: dict[str, Any], file: str | None = None, sets: list
             merged[key] = value
     merged.update({k: v for k, v in base.items() if v is not None})
     model.update(_model_section(merged.pop("model", None), "model"))
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(merged) - known)
-    if unknown:
-        raise ConfigError(f"unknown training setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    _check_known(merged, file, from_file)
     for name, what in _REQUIRED.items():
         if merged.get(name) in (None, ""):
             raise ConfigError(f"--{name} is required: {what} (give --{name} or set '{name}:' in the config file)")
     try:
-        return TrainConfig(**merged, model=model)
+        cfg = TrainConfig(**merged, model=model)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"invalid training setting: {e}") from None
+        raise ConfigError(f"invalid training setting{f' in {file}' if file else ''}: {e}") from None
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise ConfigError(f"--out {cfg.out} is a file; give a folder for the run's checkpoints and metrics")
+    return cfg
+
+
+def _check_known(merged: dict[str, Any], file: str | None, from_file: set[str]) -> None:
+    """A ConfigError naming each unknown setting, with the closest known name when there is one."""
+    known = sorted(f.name for f in fields(TrainConfig))
+    unknown = sorted(set(merged) - set(known), key=str)
+    if not unknown:
+        return
+    names = []
+    for name in unknown:
+        close = difflib.get_close_matches(str(name), known, n=1)
+        names.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    where = f" in {file}" if file and set(unknown) <= from_file else ""
+    raise ConfigError(f"unknown training setting(s){where}: {', '.join(names)}; known: {', '.join(known)}")
