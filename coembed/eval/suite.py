@@ -29,6 +29,7 @@ from coembed.eval.pair_scores import PairScoreFn, has_itm, pair_scorer
 from coembed.eval.rerank import rerank_retrieval
 from coembed.eval.retrieval import retrieval_metrics
 from coembed.eval.zeroshot import class_embeddings, zeroshot_classify, zeroshot_metrics
+from coembed.errors import DataError
 from coembed.io import read_jsonl
 from coembed.loading import Loaded
 from coembed.models.families import context_length
@@ -49,7 +50,15 @@ class EvalResult:
 
 def _meta(data: Path) -> dict[str, Any]:
     path = data / "meta.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not valid UTF-8 JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def single_object_labels(samples: list[Sample], attribute: str, classnames: list[str]) -> tuple[list[int], list[int]]:
@@ -110,7 +119,7 @@ def hard_negative_task(loaded: Loaded, root: Path, feats: SplitFeatures, score: 
     if not path.is_file():
         return None
     row_of = {s.image: i for i, s in enumerate(feats.samples)}
-    items = [obj for _, obj in read_jsonl(path) if obj.get("image") in row_of and obj.get("negatives")]
+    items = [obj for obj in _hard_negative_items(path) if obj["image"] in row_of and obj["negatives"]]
     if not items:
         return None
     rows = [row_of[o["image"]] for o in items]
@@ -124,6 +133,22 @@ def hard_negative_task(loaded: Loaded, root: Path, feats: SplitFeatures, score: 
     n = len(items)
     pos, neg = fn(torch.arange(n), torch.arange(n)), fn(owner, n + torch.arange(len(negs)))
     return hard_negative_accuracy_from_scores(pos, neg, owner, [t for _, _, t in negs])
+
+
+def _hard_negative_items(path: Path) -> list[dict[str, Any]]:
+    """The entries of a ``hard_negatives.jsonl``; a malformed one is an error naming file, line and
+    field (skipping it would silently change the benchmark)."""
+    items = []
+    for lineno, obj in read_jsonl(path):
+        where = f"{path}:{lineno}"
+        for key in ("image", "positive"):
+            if not isinstance(obj.get(key), str):
+                raise DataError(f"{where}: field {key!r} must be a string, got {type(obj.get(key)).__name__}")
+        negatives = obj.get("negatives", [])
+        if not isinstance(negatives, list) or not all(isinstance(n, dict) and isinstance(n.get("caption"), str) for n in negatives):
+            raise DataError(f"{where}: field 'negatives' must be a list of objects with a string 'caption'")
+        items.append(obj)
+    return items
 
 
 def winoground_task(loaded: Loaded, root: Path, score: str = "cosine") -> dict | None:
