@@ -126,7 +126,8 @@ def read_model_files(path: str | os.PathLike) -> CheckpointFiles:
     config = read_json(folder / CONFIG_FILE)
     version = config.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{folder / CONFIG_FILE}: unsupported format_version {version!r} (expected {FORMAT_VERSION})")
+        hint = "; a Hugging Face folder's config.json would name its model_type" if version is None else ""
+        raise CheckpointError(f"{folder / CONFIG_FILE}: unsupported format_version {version!r} (expected {FORMAT_VERSION}){hint}")
     return CheckpointFiles(folder, config, read_tensors(folder / MODEL_FILE))
 
 
@@ -140,9 +141,15 @@ def check_keys(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], sour
         for k, v in expected.items()
         if k in state_dict and state_dict[k].shape != v.shape
     )
+    # load_state_dict would silently cast integers into float weights: a sure sign of a damaged file
+    dtype = sorted(
+        f"{k} {str(state_dict[k].dtype).removeprefix('torch.')} != {str(v.dtype).removeprefix('torch.')}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].is_floating_point() != v.is_floating_point()
+    )
     problems = [
         f"{label}: {', '.join(items[:10])}{' ...' if len(items) > 10 else ''}"
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong), ("wrong dtype", dtype))
         if items
     ]
     if problems:

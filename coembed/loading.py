@@ -21,6 +21,7 @@ from coembed.interop.hf_tokenizer import HFTokenizer
 from coembed.models.dual_encoder import DualEncoder, DualEncoderConfig
 from coembed.models.families import FAMILIES
 from coembed.models.families import build_model as build_family_model
+from coembed.models.families import model_class
 from coembed.tokenizer import Tokenizer
 from coembed.tokenizer_clip import ClipTokenizer
 from coembed.transforms import ImageTransform
@@ -74,7 +75,31 @@ def model_from_config(model_cfg: dict[str, Any]) -> DualEncoder:
     try:
         return build_family_model(family, data)
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"invalid model config: {e}") from None
+        wrong = _wrong_types(data, _default_fields(family))
+        raise CheckpointError(f"invalid model config: {'; '.join(wrong) if wrong else e}") from None
+
+
+def _default_fields(family: str) -> dict[str, Any]:
+    try:
+        return model_class(family).config_class().to_dict()
+    except (TypeError, ValueError):  # a family whose config has required fields: no defaults to compare with
+        return {}
+
+
+def _wrong_types(data: dict[str, Any], defaults: dict[str, Any], prefix: str = "model.") -> list[str]:
+    """Fields whose value is not a number (or a bool) where the family's default is one: the likely
+    cause of a TypeError deep inside a config's validation, named so the user can find it."""
+    wrong = []
+    for key, value in data.items():
+        default = defaults.get(key)
+        if isinstance(default, dict) and isinstance(value, dict):
+            wrong += _wrong_types(value, default, f"{prefix}{key}.")
+        elif isinstance(default, bool) and not isinstance(value, bool):
+            wrong.append(f"{prefix}{key} must be true or false, got {value!r}")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool) and value is not None \
+                and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            wrong.append(f"{prefix}{key} must be a number, got {value!r}")
+    return wrong
 
 
 def checkpoint_config(model: DualEncoder, preprocess: ImageTransform, **extra: Any) -> dict[str, Any]:

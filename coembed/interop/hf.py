@@ -80,10 +80,20 @@ def to_coembed_names(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             for kind in ("weight", "bias"):
                 parts = [hf.get(f"{base}.{p}.{kind}") for p in QKV]
                 if all(p is not None for p in parts):
+                    _check_packable(base, kind, parts)
                     out[f"{ours}transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat(parts)
                 else:
                     out.update({f"{base}.{p}.{kind}": t for p, t in zip(QKV, parts) if t is not None})
     return out
+
+
+def _check_packable(base: str, kind: str, parts: list[torch.Tensor]) -> None:
+    """q, k and v are packed into one tensor: they must share shape and dtype (a damaged file may not;
+    ``torch.cat`` would fail, or silently promote an integer tensor)."""
+    for what, values in (("shape", [tuple(t.shape) for t in parts]), ("dtype", [str(t.dtype).removeprefix("torch.") for t in parts])):
+        if len(set(values)) > 1:
+            listed = ", ".join(f"{base}.{p}.{kind} {v}" for p, v in zip(QKV, values))
+            raise CheckpointError(f"wrong {what}: q, k and v projections differ: {listed}")
 
 
 def from_coembed_names(ours: dict[str, torch.Tensor], *, siglip: bool) -> dict[str, torch.Tensor]:
@@ -116,8 +126,8 @@ def _act(text_cfg: dict[str, Any], vision_cfg: dict[str, Any], default: str) -> 
     return ACTS[names.pop()]
 
 
-def _tower_shapes(cfg: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    get = lambda key: cfg.get(key, defaults[key])  # noqa: E731
+def _tower_shapes(cfg: dict[str, Any], defaults: dict[str, Any], where: str) -> dict[str, Any]:
+    get = lambda key: _number(cfg, defaults, key, where)  # noqa: E731
     width = get("hidden_size")
     return {"width": width, "layers": get("num_hidden_layers"), "heads": get("num_attention_heads"),
             "mlp_ratio": get("intermediate_size") / width}
@@ -133,6 +143,15 @@ SIGLIP_VISION_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hi
                           "num_attention_heads": 12, "image_size": 224, "patch_size": 16, "layer_norm_eps": 1e-6}
 
 
+def _number(cfg: dict[str, Any], defaults: dict[str, Any], key: str, where: str) -> Any:
+    """``cfg[key]`` (else its default), refused when the default is a number and the value is not."""
+    value = cfg.get(key, defaults[key])
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(defaults[key], (int, float)) and not isinstance(defaults[key], bool) and not is_number:
+        raise ValueError(f"{where}.{key} must be a number, got {value!r}")
+    return value
+
+
 def config_from_hf(hf_cfg: dict[str, Any], quick_gelu: bool | None, source: str) -> DualEncoderConfig:
     """A transformers ``CLIPConfig`` / ``SiglipConfig`` dict -> coembed configuration."""
     siglip = hf_cfg["model_type"] == "siglip"
@@ -141,16 +160,16 @@ def config_from_hf(hf_cfg: dict[str, Any], quick_gelu: bool | None, source: str)
     act = _act(t_cfg, v_cfg, "gelu_pytorch_tanh" if siglip else "quick_gelu")
     quick = resolve_quick_gelu(act == "quick_gelu", quick_gelu, False, source, "")
     act = "quick_gelu" if quick else ("gelu" if act == "quick_gelu" else act)
-    tget, vget = (lambda k: t_cfg.get(k, t_def[k])), (lambda k: v_cfg.get(k, v_def[k]))
+    tget, vget = (lambda k: _number(t_cfg, t_def, k, "text_config")), (lambda k: _number(v_cfg, v_def, k, "vision_config"))
     eos = tget("pad_token_id") if siglip else tget("eos_token_id")
     text = TextConfig(vocab_size=tget("vocab_size"), context_length=tget("max_position_embeddings"),
-                      **_tower_shapes(t_cfg, t_def), ln_eps=tget("layer_norm_eps"), pad_id=0 if not siglip else eos,
+                      **_tower_shapes(t_cfg, t_def, "text_config"), ln_eps=tget("layer_norm_eps"), pad_id=0 if not siglip else eos,
                       eot_id=eos, pool_type="last" if siglip else ("argmax" if eos == 2 else "eot"),
                       causal=not siglip, proj_bias=siglip)
-    vision = VisionConfig(image_size=vget("image_size"), patch_size=vget("patch_size"), **_tower_shapes(v_cfg, v_def),
+    vision = VisionConfig(image_size=vget("image_size"), patch_size=vget("patch_size"), **_tower_shapes(v_cfg, v_def, "vision_config"),
                           ln_eps=vget("layer_norm_eps"), class_token=not siglip, ln_pre=not siglip,
                           patch_bias=siglip, pool="map" if siglip else "tok", proj=not siglip)
-    embed_dim = vision.width if siglip else hf_cfg.get("projection_dim", 512)
+    embed_dim = vision.width if siglip else _number(hf_cfg, {"projection_dim": 512}, "projection_dim", "config")
     if siglip and t_cfg.get("projection_size", text.width) != vision.width:
         raise CheckpointError(f"{source}: text projection_size must equal the vision width {vision.width}")
     if siglip and not v_cfg.get("vision_use_head", True):
@@ -174,6 +193,9 @@ def read(path: str | Path, *, quick_gelu: bool | None = None) -> Foreign:
     hf_cfg = read_json(folder / "config.json")
     if hf_cfg.get("model_type") not in ("clip", "siglip"):
         raise CheckpointError(f"{folder / 'config.json'}: model_type {hf_cfg.get('model_type')!r} is not clip or siglip")
+    for part in ("text_config", "vision_config"):
+        if not isinstance(hf_cfg.get(part) or {}, dict):
+            raise CheckpointError(f"{folder / 'config.json'}: {part} must be a JSON object")
     if not (folder / WEIGHTS).is_file():
         found = sorted(p.name for p in folder.glob("*.safetensors*")) + sorted(p.name for p in folder.glob("*.bin"))
         raise CheckpointError(f"{folder}: expected {WEIGHTS} (one unsharded safetensors file); found {found or 'none'}")
@@ -182,7 +204,10 @@ def read(path: str | Path, *, quick_gelu: bool | None = None) -> Foreign:
         config = config_from_hf(hf_cfg, quick_gelu, str(folder))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{folder / 'config.json'}: {e}") from None
-    sd = to_coembed_names(raw)
+    try:
+        sd = to_coembed_names(raw)
+    except CheckpointError as e:
+        raise CheckpointError(f"{folder / WEIGHTS}: {e}") from None
     if "logit_bias" in sd:
         config.init_logit_bias = float(sd["logit_bias"])
     siglip = hf_cfg["model_type"] == "siglip"

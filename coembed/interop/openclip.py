@@ -206,6 +206,8 @@ def infer_config(sd: dict[str, torch.Tensor], model_cfg: dict[str, Any], *, quic
         text = _text_config(sd, text_cfg, siglip)
     except KeyError as e:
         raise CheckpointError(f"not an OpenCLIP/OpenAI CLIP state dict: no tensor {e.args[0]}") from None
+    except ValueError as e:  # shapes that make no model (a damaged tensor): zero heads, a width not divisible...
+        raise CheckpointError(f"cannot build a model from these shapes: {e}") from None
     tanh = text_cfg.get("act_kwargs") == {"approximate": "tanh"}
     act = "quick_gelu" if quick_gelu else ("gelu_tanh" if tanh else "gelu")
     bias = float(sd["logit_bias"].reshape(())) if "logit_bias" in sd else None
@@ -236,9 +238,13 @@ def _model_cfg(config_file: Path | None) -> tuple[dict[str, Any], dict[str, Any]
     if config_file is None:
         return {}, {}
     data = read_json(config_file)
-    if "model_cfg" in data:
-        return data["model_cfg"] or {}, data.get("preprocess_cfg") or {}
-    return data, {}
+    model_cfg, pre_cfg = (data["model_cfg"] or {}, data.get("preprocess_cfg") or {}) if "model_cfg" in data else (data, {})
+    for name, part in (("model_cfg", model_cfg), ("preprocess_cfg", pre_cfg),
+                       ("vision_cfg", model_cfg.get("vision_cfg") if isinstance(model_cfg, dict) else None),
+                       ("text_cfg", model_cfg.get("text_cfg") if isinstance(model_cfg, dict) else None)):
+        if part is not None and not isinstance(part, dict):
+            raise CheckpointError(f"{config_file}: {name} must be a JSON object, got {type(part).__name__}")
+    return model_cfg, pre_cfg
 
 
 def _preprocess(pre_cfg: dict[str, Any], image_size: int, siglip: bool) -> ImageTransform:
@@ -260,7 +266,10 @@ def read(path: str | Path, *, quick_gelu: bool | None = None) -> Foreign:
     """Read an OpenCLIP/OpenAI state dict (file, or folder with ``open_clip_config.json``) into coembed terms."""
     weights, config_file = find_files(Path(path))
     model_cfg, pre_cfg = _model_cfg(config_file)
-    _check_supported(model_cfg)
+    try:
+        _check_supported(model_cfg)
+    except CheckpointError as e:
+        raise CheckpointError(f"{config_file}: {e}") from None
     raw = read_weights(weights)
     for extra in ("input_resolution", "context_length", "vocab_size"):  # scalars in OpenAI's JIT state dicts
         raw.pop(extra, None)
@@ -273,7 +282,10 @@ def read(path: str | Path, *, quick_gelu: bool | None = None) -> Foreign:
                     "the OpenAI layout without a config; OpenAI's weights use QuickGELU, OpenCLIP-trained ones GELU")
     quick = resolve_quick_gelu(model_cfg.get("quick_gelu", False) if model_cfg else None, quick_gelu,
                                not (layout["timm"] or siglip), str(weights), guess_reason)
-    config = infer_config(sd, model_cfg, quick_gelu=quick, siglip=siglip, timm=layout["timm"])
+    try:
+        config = infer_config(sd, model_cfg, quick_gelu=quick, siglip=siglip, timm=layout["timm"])
+    except CheckpointError as e:
+        raise CheckpointError(f"{weights}: {e}") from None
     return Foreign(config, sd, _preprocess(pre_cfg, config.vision.image_size, siglip),
                    _tokenizer(weights.parent, config.text.vocab_size), source_dtype(raw))
 

@@ -58,5 +58,5 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot read as a weights-only PyTorch file ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: cannot read as a weights-only PyTorch file ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
     return _unwrap(obj, path)

@@ -104,7 +104,10 @@ def _merge_partition(store: Store, plan: Plan, source: Path, p: int, report: Mer
 
 def _read_partition(source: Path, p: int, dim: int) -> tuple[np.ndarray, list[dict]]:
     npy, meta = npy_path(source, p), metadata_path(source, p)
-    vectors = np.load(npy, allow_pickle=False)
+    try:
+        vectors = np.load(npy, allow_pickle=False)  # never unpickle: an object array is refused here
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{npy} is not a readable float .npy array: {e}") from None
     rows = [row for _, row in read_jsonl(meta)]
     if vectors.ndim != 2 or vectors.shape != (len(rows), dim):
         raise DataError(f"{npy} has shape {vectors.shape}, but {meta} has {len(rows)} rows and the plan's model "

@@ -251,10 +251,13 @@ def read_bert_config(folder: str | os.PathLike) -> BertConfig:
 
 def _weight_names(path: Path) -> list[str]:
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), "pt") as f:
-            return list(f.keys())
+        try:
+            with safe_open(str(path), "pt") as f:
+                return list(f.keys())
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path} is not a valid safetensors file: {e}") from None
     return list(read_weights(path))
 
 

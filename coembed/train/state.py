@@ -54,8 +54,14 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch
 def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Inverse of :func:`optimizer_tensors`."""
     state: dict[int, dict[str, torch.Tensor]] = {}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     for key, value in tensors.items():
         _, idx, name = key.split(".", 2)
+        # per-parameter moments must have their parameter's shape; load_state_dict does not check,
+        # and the first step would then fail deep inside the optimizer
+        if value.ndim and int(idx) < len(params) and value.shape != params[int(idx)].shape:
+            raise CheckpointError(f"optimizer state {key} has shape {tuple(value.shape)}, its parameter "
+                                  f"{tuple(params[int(idx)].shape)}")
         state.setdefault(int(idx), {})[name] = value
     try:
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
@@ -90,7 +96,10 @@ def load_run_state(folder: Path, optimizer: torch.optim.Optimizer) -> tuple[Prog
     meta = read_json(folder / STATE_JSON)
     tensors = read_tensors(folder / STATE_TENSORS)
     rng = tensors.pop("rng.torch", None)
-    restore_optimizer(optimizer, tensors, meta.get("optimizer", {}))
+    try:
+        restore_optimizer(optimizer, tensors, meta.get("optimizer", {}))
+    except CheckpointError as e:
+        raise CheckpointError(f"{folder / STATE_TENSORS}: {e}") from None
     if rng is not None:
         torch.set_rng_state(rng)
     try:
