@@ -60,8 +60,8 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
         # per-parameter moments must have their parameter's shape; load_state_dict does not check,
         # and the first step would then fail deep inside the optimizer
         if value.ndim and int(idx) < len(params) and value.shape != params[int(idx)].shape:
-            raise CheckpointError(f"optimizer state {key} has shape {tuple(value.shape)}, its parameter "
-                                  f"{tuple(params[int(idx)].shape)}")
+            raise CheckpointError(f"optimizer state does not match the model: {key} has shape "
+                                  f"{tuple(value.shape)}, its parameter {tuple(params[int(idx)].shape)}")
         state.setdefault(int(idx), {})[name] = value
     try:
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
