@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,13 @@ def publish_folder(staging: Path, target: Path) -> None:
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Save tensors to safetensors (contiguous, CPU copies, no shared storage)."""
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    save_file(clean, str(path), metadata=metadata)
+    try:
+        save_file(clean, str(path), metadata=metadata)
+    except SafetensorError as e:  # the Rust writer hides the OS error in its message: give it back
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

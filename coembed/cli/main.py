@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from collections.abc import Sequence
@@ -32,6 +33,15 @@ def _version() -> str:
         return "unknown"
 
 
+def os_error_text(e: OSError) -> str:
+    """``"[Errno 28] No space left on device: 'runs/x/checkpoint/model.safetensors'"`` as one line
+    that names the errno, the reason and the path."""
+    name = errno.errorcode.get(e.errno or 0)
+    where = f": {e.filename}" if e.filename else ""
+    what = e.strerror or str(e)
+    return f"{what}{where}" + (f" ({name})" if name else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -42,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CoembedError as e:
         print(printable(f"coembed {args.command}: error: {' '.join(str(e).split())}"), file=sys.stderr)  # one line
+        return 2
+    except OSError as e:  # the machine said no (disk full, read-only folder, permissions): not a bug
+        print(printable(f"coembed {args.command}: error: {os_error_text(e)}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"coembed {args.command}: interrupted", file=sys.stderr)

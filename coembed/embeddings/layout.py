@@ -184,6 +184,10 @@ def _create_exclusive(path: Path, text: str) -> None:
         os.link(tmp, path)
     except FileExistsError:
         pass  # another worker was first: the caller compares its plan with ours
+    except OSError as e:
+        if e.filename is None:  # a failed write() names no file (a full disk): name the target
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     finally:
         Path(tmp).unlink(missing_ok=True)
 

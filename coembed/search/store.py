@@ -167,6 +167,8 @@ class Store:
             conn.execute("PRAGMA synchronous=FULL")  # a commit survives a crash of the process and the machine
             conn.execute("PRAGMA busy_timeout=10000")
             conn.executescript(_SCHEMA)
+        except sqlite3.OperationalError as e:  # a full disk or read-only folder, not a foreign file
+            raise DataError(f"cannot open the search index {path} for writing ({e}; is the disk full or read-only?)") from None
         except sqlite3.DatabaseError as e:
             raise DataError(f"{path} is not a coembed search index ({e})") from None
         store = cls(conn, path)

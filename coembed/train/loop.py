@@ -380,8 +380,11 @@ class MetricsLog:
             path.write_text("".join(ln + "\n" for ln in kept))
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk: name the file (a torn last line is dropped on resume)
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
 
 
 def _line_step(line: str) -> int | None:

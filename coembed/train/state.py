@@ -82,10 +82,14 @@ def save_run_checkpoint(
     staging = out / f".staging-{CHECKPOINT_DIR}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_model_files(staging, model, config, tokenizer_json)
-    tensors, meta = optimizer_tensors(optimizer)
-    write_tensors(staging / STATE_TENSORS, {**tensors, "rng.torch": torch.get_rng_state()})
-    atomic_write_json(staging / STATE_JSON, {"progress": asdict(progress), "optimizer": meta, "train_config": train_config})
+    try:
+        save_model_files(staging, model, config, tokenizer_json)
+        tensors, meta = optimizer_tensors(optimizer)
+        write_tensors(staging / STATE_TENSORS, {**tensors, "rng.torch": torch.get_rng_state()})
+        atomic_write_json(staging / STATE_JSON, {"progress": asdict(progress), "optimizer": meta, "train_config": train_config})
+    except BaseException:  # e.g. a full disk: the published checkpoint is untouched, leave no half copy
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     target = out / CHECKPOINT_DIR
     publish_folder(staging, target)
     return target
