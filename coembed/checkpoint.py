@@ -70,8 +70,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_files(folder: Path) -> None:
+    """Flush every file of ``folder`` to disk, so a rename never publishes data still in the page cache."""
+    for path in folder.iterdir():
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 def publish_folder(staging: Path, target: Path) -> None:
-    """Atomically replace ``target`` by the fully written folder ``staging``."""
+    """Atomically replace ``target`` by the fully written folder ``staging``.
+
+    Every step leaves one complete checkpoint under ``target`` or ``target.old`` (which :func:`resolve`
+    falls back to): the staged files are fsynced before any rename, the old folder is renamed aside, the
+    new one into place, and only then is the old one removed.
+    """
+    _fsync_files(staging)
+    _fsync_dir(staging)
     old = target.with_name(target.name + ".old")
     if old.exists() and target.exists():
         shutil.rmtree(old)

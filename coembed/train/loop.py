@@ -35,6 +35,7 @@ from coembed.errors import CheckpointError, ConfigError, DataError, TrainingDive
 from coembed.eval.features import embed_split
 from coembed.eval.retrieval import retrieval_metrics
 from coembed.eval.suite import zeroshot_task
+from coembed.io import atomic_write_json, atomic_write_text
 from coembed.layers.transformer import Transformer
 from coembed.loading import Loaded, checkpoint_config, default_preprocess, load, tokenizer_section
 from coembed.losses.contrastive import clip_loss
@@ -377,7 +378,7 @@ class MetricsLog:
             path.write_text("")
         elif path.exists():
             kept = [ln for ln in path.read_text().splitlines() if _line_step(ln) is not None and _line_step(ln) <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in kept))
+            atomic_write_text(path, "".join(ln + "\n" for ln in kept))  # a crash now keeps the old file whole
 
     def write(self, record: dict) -> None:
         try:
@@ -433,7 +434,7 @@ def _train(cfg: TrainConfig, resume: bool, env: DistEnv) -> TrainResult:
     run = _prepare(cfg, resume, env)
     out.mkdir(parents=True, exist_ok=True)  # only now: a user error must not leave an empty run folder
     if env.is_main:
-        (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        atomic_write_json(out / "train_config.json", cfg.to_dict())
     log = MetricsLog(out / "metrics.jsonl", run.progress.step if resume else None) if env.is_main else None
     run.text_cache = _text_cache(run, cfg, out, log)
     skipped = SkipReport()
