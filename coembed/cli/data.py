@@ -1,4 +1,5 @@
-"""``coembed data shapes``: generate the built-in benchmark; ``coembed data shard``: write a dataset as tar shards."""
+"""``coembed data shapes``: generate the built-in benchmark; ``coembed data vqa``: question-answer pairs about
+it; ``coembed data shard``: write a dataset as tar shards."""
 
 from __future__ import annotations
 
@@ -24,7 +25,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     shapes.add_argument("--workers", type=positive_int, default=2)
     shapes.add_argument("--json", action="store_true", help="print the dataset summary as JSON")
     shapes.set_defaults(func=run_shapes)
+    _register_vqa(data_sub)
     _register_shard(data_sub)
+
+
+def _register_vqa(data_sub: argparse._SubParsersAction) -> None:
+    vqa = data_sub.add_parser("vqa", help="write question-answer pairs about a `shapes` dataset (SPLIT/vqa.jsonl)",
+                              description="Generate VQA questions (count, color, exists, left_right) with exact single-word "
+                                          "answers from the scene descriptions of a `coembed data shapes` folder, into "
+                                          "SPLIT/vqa.jsonl beside each split's captions.jsonl.")
+    vqa.add_argument("shapes_dir", metavar="SHAPES_DIR", help="folder written by `coembed data shapes`")
+    vqa.add_argument("--per-image", type=positive_int, default=3, metavar="N", help="questions per image (default 3)")
+    vqa.add_argument("--seed", type=int, default=0)
+    vqa.add_argument("--json", action="store_true", help="print the summary as JSON")
+    vqa.set_defaults(func=run_vqa)
 
 
 def _register_shard(data_sub: argparse._SubParsersAction) -> None:
@@ -61,6 +75,20 @@ def run_shapes(args: argparse.Namespace) -> int:
     else:
         eprint(f"wrote shapes to {args.out} in {time.perf_counter() - start:.1f}s: "
                + ", ".join(f"{k} {v}" for k, v in meta["splits"].items()))
+    return 0
+
+
+def run_vqa(args: argparse.Namespace) -> int:
+    from coembed.data.synthetic.vqa import write_vqa
+
+    summary = write_vqa(args.shapes_dir, args.per_image, args.seed)
+    if args.json:
+        print_json(summary)
+        return 0
+    for split, stats in summary.items():
+        types = ", ".join(f"{k} {v}" for k, v in sorted(stats["per_type"].items()))
+        eprint(f"{split}: {stats['questions']} questions about {stats['images']} images ({types}) -> "
+               f"{args.shapes_dir}/{split}/vqa.jsonl")
     return 0
 
 
