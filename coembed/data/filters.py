@@ -155,6 +155,13 @@ class FilterReport:
                 "dropped_images": dict(self.dropped_images), "skipped_lines": dict(self.skipped_lines),
                 "examples": {k: list(v) for k, v in self.examples.items()}, "manifest": self.manifest}
 
+    def _example(self, reason: str) -> str:
+        """``image 'caption or detail'`` of the first example of ``reason`` ("" when there is none)."""
+        shown = self.examples.get(reason)
+        if not shown:
+            return ""
+        return f"{shown[0]['image']} {shown[0].get('caption', shown[0].get('detail', ''))!r:.60}"
+
     def table(self) -> str:
         """A plain-text summary: kept counts, then one row per reason with its first example."""
         rows = [f"kept {self.images_kept} of {self.images_in} images and {self.captions_kept} of {self.captions_in} "
@@ -165,10 +172,7 @@ class FilterReport:
             width = max(len("dropped by"), *(len(r) for r, _, _ in reasons))
             rows.append(f"{'dropped by':<{width}}  {'captions':>8}  {'images':>6}  example")
             for reason, captions, images in reasons:
-                shown = self.examples.get(reason, [{}])[0] if reason in self.examples else {}
-                example = shown.get("caption", shown.get("detail", ""))
-                rows.append(f"{reason:<{width}}  {captions!s:>8}  {images!s:>6}  {shown.get('image', '')} {example!r:.60}"
-                            if shown else f"{reason:<{width}}  {captions!s:>8}  {images!s:>6}")
+                rows.append(f"{reason:<{width}}  {captions!s:>8}  {images!s:>6}  {self._example(reason)}".rstrip())
         return "\n".join(rows)
 
 

@@ -25,8 +25,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import Hashable
+from collections.abc import Hashable, Mapping, Sequence
 
 NGRAM_ORDER = 4
 CIDER_SIGMA = 6.0
