@@ -1,4 +1,5 @@
-"""``coembed data shapes``: generate the built-in benchmark; ``coembed data shard``: write a dataset as tar shards."""
+"""``coembed data shapes``: generate the built-in benchmark; ``coembed data vqa``: question-answer pairs about
+it; ``coembed data filter``: ALIGN-style cleaning; ``coembed data shard``: write a dataset as tar shards."""
 
 from __future__ import annotations
 
@@ -24,7 +25,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     shapes.add_argument("--workers", type=positive_int, default=2)
     shapes.add_argument("--json", action="store_true", help="print the dataset summary as JSON")
     shapes.set_defaults(func=run_shapes)
+    _register_vqa(data_sub)
+    _register_filter(data_sub)
     _register_shard(data_sub)
+
+
+def _register_filter(data_sub: argparse._SubParsersAction) -> None:
+    filt = data_sub.add_parser(
+        "filter", help="clean an image-text dataset (ALIGN-style frequency, junk, length and image-size filters)",
+        description="Drop captions that have no letters, match a junk pattern (file names like IMG_1234.jpg, URLs, "
+                    "'click here' / 'stock photo' boilerplate, plus --junk-pattern), have fewer than --min-words words or "
+                    "are shared by more than --max-images-per-text images; drop images left without captions, unreadable, "
+                    "smaller than --min-image-side or more elongated than --max-aspect. Writes OUT/captions.jsonl "
+                    "(image paths resolve from OUT) and OUT/filter_report.json.")
+    filt.add_argument("src", metavar="SRC", help="dataset folder (captions.jsonl or OpenCLIP CSV)")
+    filt.add_argument("out", metavar="OUT", help="output folder")
+    filt.add_argument("--max-images-per-text", type=non_negative_int, default=10, metavar="N",
+                      help="drop a caption text shared by more than N images (ALIGN: 10; 0: off)")
+    filt.add_argument("--min-words", type=non_negative_int, default=3, metavar="K", help="drop captions under K words (ALIGN: 3; 0: off)")
+    filt.add_argument("--junk-pattern", action="append", default=[], metavar="REGEX",
+                      help="also drop captions matching REGEX (case-insensitive; repeatable)")
+    filt.add_argument("--no-default-junk", action="store_true", help="do not apply the built-in junk patterns")
+    filt.add_argument("--min-image-side", type=non_negative_int, default=0, metavar="PX",
+                      help="drop images whose shorter side is under PX pixels (ALIGN: 200; default 0: off)")
+    filt.add_argument("--max-aspect", type=float, default=3.0, metavar="R",
+                      help="drop images whose long/short side ratio exceeds R (ALIGN: 3; 0: off)")
+    filt.add_argument("--copy-images", action="store_true", help="copy the kept images into OUT instead of pointing at them")
+    filt.add_argument("--json", action="store_true", help="print the report as JSON")
+    filt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    filt.set_defaults(func=run_filter)
+
+
+def _register_vqa(data_sub: argparse._SubParsersAction) -> None:
+    vqa = data_sub.add_parser("vqa", help="write question-answer pairs about a `shapes` dataset (SPLIT/vqa.jsonl)",
+                              description="Generate VQA questions (count, color, exists, left_right) with exact single-word "
+                                          "answers from the scene descriptions of a `coembed data shapes` folder, into "
+                                          "SPLIT/vqa.jsonl beside each split's captions.jsonl.")
+    vqa.add_argument("shapes_dir", metavar="SHAPES_DIR", help="folder written by `coembed data shapes`")
+    vqa.add_argument("--per-image", type=positive_int, default=3, metavar="N", help="questions per image (default 3)")
+    vqa.add_argument("--seed", type=int, default=0)
+    vqa.add_argument("--json", action="store_true", help="print the summary as JSON")
+    vqa.set_defaults(func=run_vqa)
 
 
 def _register_shard(data_sub: argparse._SubParsersAction) -> None:
@@ -61,6 +102,38 @@ def run_shapes(args: argparse.Namespace) -> int:
     else:
         eprint(f"wrote shapes to {args.out} in {time.perf_counter() - start:.1f}s: "
                + ", ".join(f"{k} {v}" for k, v in meta["splits"].items()))
+    return 0
+
+
+def run_vqa(args: argparse.Namespace) -> int:
+    from coembed.data.synthetic.vqa import write_vqa
+
+    summary = write_vqa(args.shapes_dir, args.per_image, args.seed)
+    if args.json:
+        print_json(summary)
+        return 0
+    for split, stats in summary.items():
+        types = ", ".join(f"{k} {v}" for k, v in sorted(stats["per_type"].items()))
+        eprint(f"{split}: {stats['questions']} questions about {stats['images']} images ({types}) -> "
+               f"{args.shapes_dir}/{split}/vqa.jsonl")
+    return 0
+
+
+def run_filter(args: argparse.Namespace) -> int:
+    from coembed.data.filters import FilterConfig, filter_dataset
+    from coembed.errors import ConfigError
+
+    try:
+        cfg = FilterConfig(max_images_per_text=args.max_images_per_text, min_words=args.min_words,
+                           junk_patterns=args.junk_pattern, default_junk=not args.no_default_junk,
+                           min_image_side=args.min_image_side, max_aspect=args.max_aspect, copy_images=args.copy_images)
+    except ValueError as e:
+        raise ConfigError(str(e).replace("junk_patterns", "--junk-pattern").replace("max_aspect", "--max-aspect")) from None
+    report = filter_dataset(args.src, args.out, cfg, progress=None if args.no_progress else progress_callback("filter"))
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        eprint(report.table())
     return 0
 
 

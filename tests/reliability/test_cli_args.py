@@ -71,6 +71,14 @@ ROWS = [
     ("data shapes --out FILE", "--out FILE is a file"),
     ("data shard /nope DIR/sh", "dataset folder /nope does not exist"),
     ("data shard DATA DIR/sh --samples-per-shard 0", "argument --samples-per-shard"),
+    ("data vqa /nope", "shapes folder /nope does not exist"),
+    ("data vqa DIR", "has no split folder with a captions.jsonl"),
+    ("data vqa DATA --per-image 0", "argument --per-image"),
+    ("data filter /nope DIR/f", "dataset folder /nope does not exist"),
+    ("data filter DATA/test FILE", "output folder FILE is a file"),
+    ("data filter DATA/test DIR/f --max-aspect 0.5", "--max-aspect must be a number >= 1"),
+    ("data filter DATA/test DIR/f --junk-pattern '(['", "--junk-pattern: '([' is not a valid regular expression"),
+    ("data filter DATA/test DIR/f --min-words -1", "argument --min-words"),
     ("nope", "invalid choice: 'nope'"),
 ]
 
