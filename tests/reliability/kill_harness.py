@@ -135,16 +135,18 @@ def _wait_ready(proc: subprocess.Popen, ready: Callable[[], bool] | None) -> Non
         time.sleep(0.01)
 
 
-def timed_run(cmd: list[str], ready: Callable[[], bool] | None = None, timeout: float = 600) -> tuple[float, float]:
-    """Run ``cmd`` to the end; return the seconds until ``ready()`` first held and the seconds after."""
-    start = time.perf_counter()
+def work_window(cmd: list[str], ready: Callable[[], bool], done: Callable[[], bool], timeout: float = 600) -> float:
+    """Run ``cmd`` to the end; return the seconds from when ``ready()`` first held to when ``done()``
+    first held: the window in which the job does the work a kill should interrupt."""
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_ready(proc, ready)
     at_ready = time.perf_counter()
+    _wait_ready(proc, done)
+    window = time.perf_counter() - at_ready
     _, err = proc.communicate(timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}:\n{err[-3000:]}")
-    return at_ready - start, time.perf_counter() - at_ready
+    return window
 
 
 def kill_after(cmd: list[str], delay: float, ready: Callable[[], bool] | None = None, timeout: float = 600) -> Killed:
@@ -168,8 +170,31 @@ def metrics_started(out: Path) -> Callable[[], bool]:
     return lambda: path.exists() and path.stat().st_size > 0
 
 
+def checkpoint_at(out: Path, step: int) -> Callable[[], bool]:
+    """The run's checkpoint of ``step`` is published."""
+    def done() -> bool:
+        try:
+            return json.loads((out / "checkpoint" / "train_state.json").read_text())["progress"]["step"] >= step
+        except (OSError, ValueError, KeyError):
+            return False
+    return done
+
+
 def file_exists(path: Path) -> Callable[[], bool]:
     return path.exists
+
+
+def store_holds(db: Path, files: int) -> Callable[[], bool]:
+    """The store at ``db`` has committed ``files`` files (read while the job writes: SQLite WAL)."""
+    import sqlite3
+
+    def done() -> bool:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.1) as conn:
+                return conn.execute("SELECT count(*) FROM files").fetchone()[0] >= files
+        except sqlite3.Error:
+            return False
+    return done
 
 
 def kill_at_point(point: str, nth: int, *args: str, timeout: float = 600) -> Killed:
@@ -288,10 +313,10 @@ def _main() -> int:
 
 def _many_kills(tmp: Path, seeds: int, steps: int) -> dict:
     data = tmp / "shapes"
-    run(coembed_cmd("data", "shapes", str(data), "--train", "256", "--val", "64", "--test", "64", "--heldout", "0"))
+    run(coembed_cmd("data", "shapes", "--out", str(data), "--train", "256", "--val", "64", "--test", "64", "--heldout", "0"))
     train_args = training_args(data, steps)
     ref = tmp / "ref"
-    _, duration = timed_run(coembed_cmd(*train_args, "--out", str(ref)), metrics_started(ref))
+    duration = work_window(coembed_cmd(*train_args, "--out", str(ref)), metrics_started(ref), checkpoint_at(ref, steps))
     phases: dict[str, int] = {}
     mismatches = 0
     for seed in range(seeds):
@@ -359,7 +384,7 @@ def index_kills(tmp: Path, data: Path, checkpoint: Path, seeds: int, images: int
     for src in sorted((data / "test" / "images").glob("*.png"))[:images]:
         shutil.copy(src, photos / src.name)
     ref_db = tmp / "ref.db"
-    _, duration = timed_run(coembed_cmd(*index_args(photos, ref_db, checkpoint)), file_exists(ref_db))
+    duration = work_window(coembed_cmd(*index_args(photos, ref_db, checkpoint)), file_exists(ref_db), store_holds(ref_db, images))
     reference = committed_vectors(ref_db, photos)
     committed_at_kill, losses = [], 0
     for seed in range(seeds):

@@ -12,6 +12,7 @@ from tests.reliability.kill_harness import (
     KILL_POINTS,
     assert_same_runs,
     check_index_resumed,
+    checkpoint_at,
     coembed_cmd,
     file_exists,
     committed_vectors,
@@ -22,7 +23,8 @@ from tests.reliability.kill_harness import (
     metrics_started,
     random_delay,
     run,
-    timed_run,
+    store_holds,
+    work_window,
     training_args,
 )
 
@@ -31,10 +33,11 @@ STEPS = 10
 
 @pytest.fixture(scope="module")
 def reference_run(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    """An uninterrupted run of the killed runs' settings, and its seconds from the first metrics line to the end."""
+    """An uninterrupted run of the killed runs' settings, and its seconds from the first metrics line to the last checkpoint."""
     out = tmp_path_factory.mktemp("kill") / "ref"
-    _, training = timed_run(coembed_cmd(*training_args(shapes_data, STEPS), "--out", str(out)), metrics_started(out))
-    return out, training
+    window = work_window(coembed_cmd(*training_args(shapes_data, STEPS), "--out", str(out)), metrics_started(out),
+                         checkpoint_at(out, STEPS))
+    return out, window
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -87,7 +90,7 @@ def index_reference(shapes_data: Path, reference_run, tmp_path_factory: pytest.T
     for src in sorted((shapes_data / "test" / "images").glob("*.png"))[:40]:
         shutil.copy(src, photos / src.name)
     db = tmp / "ref.db"
-    _, indexing = timed_run(coembed_cmd(*index_args(photos, db, ref / "checkpoint")), file_exists(db))
+    indexing = work_window(coembed_cmd(*index_args(photos, db, ref / "checkpoint")), file_exists(db), store_holds(db, 40))
     return photos, ref / "checkpoint", committed_vectors(db, photos), indexing
 
 
