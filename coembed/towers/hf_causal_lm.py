@@ -68,8 +68,9 @@ class HFCausalLM(nn.Module):
         self.model = transformers.AutoModelForCausalLM.from_config(config)
         self.model_type = config.model_type
         self.frozen = frozen
-        if frozen:
+        if frozen:  # and without dropout: from_config builds the model in training mode
             self.model.requires_grad_(False)
+            self.model.eval()
 
     @property
     def width(self) -> int:
