@@ -11,13 +11,13 @@ TINY_VISION = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "hea
 TINY_LM = {"vocab_size": 64, "context_length": 40, "width": 32, "layers": 2, "heads": 2}
 
 
-def gpt2_folder(root: Path, *, layers: int = 2, seed: int = 0) -> Path:
+def gpt2_folder(root: Path, *, layers: int = 2, positions: int = 40, seed: int = 0) -> Path:
     """A random-weight GPT-2 LM head model saved by transformers' own ``save_pretrained``."""
     import transformers
 
     torch.manual_seed(seed)
-    config = transformers.GPT2Config(vocab_size=64, n_positions=40, n_embd=32, n_layer=layers, n_head=2,
-                                     activation_function="gelu", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+    config = transformers.GPT2Config(vocab_size=64, n_positions=positions, n_embd=32, n_layer=layers, n_head=2,
+                                     bos_token_id=1, eos_token_id=2, activation_function="gelu", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
     folder = root / "gpt2"
     transformers.GPT2LMHeadModel(config).eval().save_pretrained(folder, safe_serialization=True)
     return folder

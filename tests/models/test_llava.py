@@ -100,3 +100,27 @@ def test_config_errors_name_the_field() -> None:
 def test_llava_tiny_trains_and_resumes_exactly(shapes_data: Path, tmp_path: Path, monkeypatch) -> None:
     val = check_trains_and_resumes_exactly(shapes_data, tmp_path, monkeypatch, "llava-tiny", {**TRAIN_VISION, **TRAIN_LM, "stage": 2})
     assert 0 < val["val_caption_loss"] < 10
+
+
+def test_pretrained_parts_are_read_and_a_saved_bridge_reloads_without_them(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import coembed
+    from coembed.checkpoint import read_tensors
+    from coembed.loading import save
+    from coembed.presets import create_model
+    from tests.models.bridge_helpers import gpt2_folder
+
+    pytest.importorskip("transformers")
+    folder = gpt2_folder(tmp_path, positions=96)
+    model = create_model("llava-tiny", vision_path=str(tiny_checkpoint), lm__path=str(folder), context_length=16)
+    dual = read_tensors(tiny_checkpoint / "model.safetensors")
+    assert model.cfg.vision.width == 64 and model.cfg.lm.kind == "hf"  # both read from their folders
+    ours = model.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in dual.items() if k.startswith("visual.") and k != "visual.proj")
+    save(tmp_path / "bridge", model.eval(), None)
+    shutil.rmtree(folder)
+    loaded = coembed.load(tmp_path / "bridge").model
+    pics, tokens = images(2, 64), tokens_with_padding(2)
+    with torch.no_grad():
+        assert torch.equal(loaded(pics, tokens), model(pics, tokens))
