@@ -61,3 +61,21 @@ def check_trains_and_resumes_exactly(shapes_data: Path, tmp_path: Path, monkeypa
     assert_same_runs(tmp_path / "ref", tmp_path / "run")
     assert ref.steps == 4 and torch.isfinite(torch.tensor(ref.last_loss))
     return ref.last_val
+
+
+def add_word_tokenizer(folder: Path, vocab_size: int = 64) -> None:
+    """Give a Hugging Face folder a ``tokenizer.json``: a lower-cased word-level vocabulary of the commonest
+    `shapes` caption words ([PAD] 0, [UNK] 1), small enough for the tiny GPT-2's 64 ids."""
+    import json
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    words = ["a", "the", "small", "large", "big", "red", "green", "blue", "yellow", "purple", "orange", "white", "black",
+             "circle", "square", "triangle", "star", "cross", "left", "right", "of", "above", "below", "and", "two", "three",
+             "one", "is", "to", "next", "an", "with", "image", "photo", "picture", "there", "on", "in", "top", "bottom"]
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words[: vocab_size - 2])}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"pad_token": "[PAD]"}))

@@ -124,3 +124,21 @@ def test_pretrained_parts_are_read_and_a_saved_bridge_reloads_without_them(tiny_
     pics, tokens = images(2, 64), tokens_with_padding(2)
     with torch.no_grad():
         assert torch.equal(loaded(pics, tokens), model(pics, tokens))
+
+
+def test_trains_with_a_hugging_face_lm_and_its_tokenizer(shapes_data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    import json
+
+    from coembed.train.loop import train
+    from tests.models.bridge_helpers import add_word_tokenizer, gpt2_folder, train_settings
+
+    folder = gpt2_folder(tmp_path, positions=96)
+    add_word_tokenizer(folder)
+    model = {**TRAIN_VISION, "lm.path": str(folder), "context_length": 24}
+    result = train(train_settings(shapes_data, tmp_path / "run", "llava-tiny", model, max_steps=3))
+    assert 0 < result.last_val["val_caption_loss"] < 10
+    config = json.loads((tmp_path / "run" / "checkpoint" / "config.json").read_text())
+    assert config["tokenizer"] == {"kind": "hf", "pad_id": 0} and config["model"]["lm"]["kind"] == "hf"
+    saved = (tmp_path / "run" / "checkpoint" / "tokenizer.json").read_text()
+    assert json.loads(saved)["model"]["vocab"] == json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
