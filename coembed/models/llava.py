@@ -61,7 +61,8 @@ class LlavaConfig:
         if not isinstance(self.tile_pooled, int) or self.tile_pooled < 1 or self.tile_pooled > self.vision.grid_size:
             raise ValueError(f"tile_pooled must be in [1, vision grid {self.vision.grid_size}], got {self.tile_pooled!r}")
         if self.image_size < 0 or (self.image_size and not self.tiling and self.image_size != self.vision.image_size):
-            raise ValueError(f"image_size must be 0 or, without tiling, vision.image_size ({self.vision.image_size}); got {self.image_size}")
+            raise ValueError(f"image_size must be 0 or, without tiling, vision.image_size ({self.vision.image_size}); "
+                             f"got {self.image_size}")
 
     def pretrained_tokenizer(self):
         return pretrained_tokenizer(self)

@@ -189,7 +189,8 @@ class QFormer(Bridge):
         """(B, 3, H, W) -> (B, N, width): the frozen tower's tokens at the Q-Former's width."""
         return self.image_proj(self.image_tokens(images))
 
-    def forward_features(self, image: torch.Tensor | None, tokens: torch.Tensor | None, mask_fn=itm_mask) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def forward_features(self, image: torch.Tensor | None, tokens: torch.Tensor | None,
+                         mask_fn=itm_mask) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """One Q-Former pass: queries (when ``image`` (B, N, width) is given) and text (when ``tokens`` (B, T)
         are) under ``mask_fn``; -> query outputs (B, Q, width) or None, text outputs (B, T, width) or None."""
         parts, b = [], (image if image is not None else tokens).shape[0]

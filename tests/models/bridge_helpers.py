@@ -17,7 +17,8 @@ def gpt2_folder(root: Path, *, layers: int = 2, positions: int = 40, seed: int =
 
     torch.manual_seed(seed)
     config = transformers.GPT2Config(vocab_size=64, n_positions=positions, n_embd=32, n_layer=layers, n_head=2,
-                                     bos_token_id=1, eos_token_id=2, activation_function="gelu", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)
+                                     bos_token_id=1, eos_token_id=2, activation_function="gelu",
+                                     resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1)  # dropout on: a frozen LM must turn it off
     folder = root / "gpt2"
     transformers.GPT2LMHeadModel(config).eval().save_pretrained(folder, safe_serialization=True)
     return folder

@@ -10,7 +10,9 @@ import torch
 
 from coembed.models.causal_lm import LMConfig, forward_with_prefix
 from coembed.models.flamingo import Flamingo, FlamingoConfig, GatedCrossAttentionBlock, PerceiverResampler
-from tests.models.bridge_helpers import TINY_LM, TINY_VISION, TRAIN_LM, TRAIN_VISION, check_trains_and_resumes_exactly, gpt2_folder, images, tokens_with_padding
+from tests.models.bridge_helpers import (
+    TINY_LM, TINY_VISION, TRAIN_LM, TRAIN_VISION, check_trains_and_resumes_exactly, gpt2_folder, images, tokens_with_padding,
+)
 
 
 def flamingo(lm: LMConfig | None = None, **overrides) -> Flamingo:

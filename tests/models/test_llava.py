@@ -14,7 +14,9 @@ from coembed.models.llava import Llava, LlavaConfig
 from coembed.objectives import FusionBatch
 from coembed.objectives.bridge import compute_losses
 from coembed.train.optim import build_optimizer
-from tests.models.bridge_helpers import TINY_LM, TINY_VISION, TRAIN_LM, TRAIN_VISION, check_trains_and_resumes_exactly, images, tokens_with_padding
+from tests.models.bridge_helpers import (
+    TINY_LM, TINY_VISION, TRAIN_LM, TRAIN_VISION, check_trains_and_resumes_exactly, images, tokens_with_padding,
+)
 
 
 def llava(**overrides) -> Llava:

@@ -12,7 +12,9 @@ from coembed.models.causal_lm import LMConfig
 from coembed.models.qformer import QFormer, QFormerConfig, itc_mask, itg_mask, itm_mask
 from coembed.objectives import FusionBatch
 from coembed.objectives.qformer import compute_losses, soft_target_loss
-from tests.models.bridge_helpers import TINY_LM, TINY_VISION, TRAIN_LM, TRAIN_VISION, check_trains_and_resumes_exactly, images, tokens_with_padding
+from tests.models.bridge_helpers import (
+    TINY_LM, TINY_VISION, TRAIN_LM, TRAIN_VISION, check_trains_and_resumes_exactly, images, tokens_with_padding,
+)
 
 Q = 3
 
