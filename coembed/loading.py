@@ -109,9 +109,10 @@ def checkpoint_config(model: DualEncoder, preprocess: ImageTransform, **extra: A
 
 
 def default_preprocess(model: torch.nn.Module) -> ImageTransform:
-    """The model's input transform: its image size (``cfg.vision.image_size``, or ``cfg.image_size``) and CLIP's mean/std."""
-    holder = getattr(model.cfg, "vision", model.cfg)
-    return ImageTransform(image_size=holder.image_size)
+    """The model's input transform: its image size (``cfg.image_size`` when set, else ``cfg.vision.image_size``;
+    a tiling bridge reads images larger than its encoder's) and CLIP's mean/std."""
+    size = getattr(model.cfg, "image_size", 0) or model.cfg.vision.image_size
+    return ImageTransform(image_size=size)
 
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, quick_gelu: bool | None = None) -> Loaded:

@@ -16,11 +16,15 @@ from typing import Any
 import torch
 
 from coembed.errors import ConfigError
+from coembed.models.causal_lm import CausalLMConfig, LMConfig
 from coembed.models.dual_encoder import DualEncoderConfig
+from coembed.models.flamingo import FlamingoConfig
 from coembed.models.families import model_class
 from coembed.models.fusion import FusionConfig, FusionHFTextConfig, FusionTextConfig
 from coembed.models.mae import MAEConfig
+from coembed.models.llava import LlavaConfig
 from coembed.models.mome import VlmoConfig
+from coembed.models.qformer import QFormerConfig
 from coembed.models.single_stream import ViltConfig
 from coembed.towers.hf_text import HFTextConfig
 from coembed.towers.text_transformer import TextConfig
@@ -116,11 +120,50 @@ def _mae_tiny() -> MAEConfig:
                      norm_pix_loss=True)
 
 
+def _lm_tiny() -> CausalLMConfig:
+    # A GPT-2-shaped toy LM for the shapes captions (the bridges' frozen LM): 4 blocks of width 128 and
+    # 128 positions, enough for an image prefix of 64 patch tokens plus a 48-token caption; the
+    # vocabulary is the captions' BPE (the trainer sets vocab_size / pad_id / eot_id).
+    return CausalLMConfig(vocab_size=1024, context_length=128, width=128, layers=4, heads=2)
+
+
+def _bridge_lm() -> LMConfig:
+    # The bridges' LM without lm.path: a random lm-tiny (set lm.path to a trained lm-tiny run, or to a
+    # Hugging Face causal-LM folder, and its shape and tokenizer are read from there).
+    return LMConfig(**{k: v for k, v in _lm_tiny().to_dict().items() if k not in ("family", "position_jitter")})
+
+
+def _qformer_tiny() -> QFormerConfig:
+    # BLIP-2's Q-Former at `tiny`'s scale: 8 queries (BLIP-2: 32), 4 blocks of width 128 with
+    # cross-attention in blocks 0 and 2 (every other), a 64-d ITC space; stage 1 (ITC, ITG, ITM).
+    # The frozen image tower is `tiny`'s (set vision_path to a `tiny` run to read its weights).
+    return QFormerConfig(vision=_tiny().vision, lm=_bridge_lm(), context_length=48, stage=1, num_queries=8, width=128,
+                         layers=4, heads=2, cross_every=2, embed_dim=64)
+
+
+def _flamingo_tiny() -> FlamingoConfig:
+    # Flamingo at `tiny`'s scale: a 2-layer Perceiver Resampler to 16 latents (Flamingo: 6 layers, 64
+    # latents), a gated cross-attention block before every block of the 4-block LM (Flamingo-3B: every
+    # block too; larger models every 4th/7th).
+    return FlamingoConfig(vision=_tiny().vision, lm=_bridge_lm(), context_length=48, num_latents=16, resampler_layers=2,
+                          resampler_heads=2, cross_every=1, cross_heads=2)
+
+
+def _llava_tiny() -> LlavaConfig:
+    # LLaVA at `tiny`'s scale: the 64 patch tokens of the 64 px `tiny` tower through the 2-layer MLP
+    # projector into the LM (64 + 48 caption tokens <= the LM's 128 positions); stage 1 (projector only).
+    return LlavaConfig(vision=_tiny().vision, lm=_bridge_lm(), context_length=48, stage=1)
+
+
 # name -> a function returning a fresh config of any registered family (its ``to_dict()`` names it).
 _PRESETS: dict[str, Callable[[], Any]] = {
     "albef-minilm": _albef_minilm,
     "albef-tiny": _albef_tiny,
+    "flamingo-tiny": _flamingo_tiny,
+    "llava-tiny": _llava_tiny,
+    "lm-tiny": _lm_tiny,
     "mae-tiny": _mae_tiny,
+    "qformer-tiny": _qformer_tiny,
     "tiny": _tiny,
     "tiny-patch": _tiny_patch,
     "tiny-siglip": _tiny_siglip,
@@ -175,6 +218,15 @@ def _switch_text_tower(family: str, data: dict[str, Any], flat: dict[str, Any]) 
         data["text"]["bert"] = None
 
 
+def _reset_path_sections(data: dict[str, Any], flat: dict[str, Any]) -> None:
+    """A bridge's ``vision_path`` or ``lm.path`` given anew re-reads what the folder decides: the vision
+    section (unless ``vision.*`` is given too) and the LM's kind and shape."""
+    if "vision_path" in flat and "vision" in data and not any(k.startswith("vision.") for k in flat):
+        data["vision"] = None
+    if "lm.path" in flat and isinstance(data.get("lm"), dict) and "lm.kind" not in flat:
+        data["lm"]["kind"], data["lm"]["hf"] = "", None
+
+
 def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     """Return a copy of a model config (any registered family) with overrides (dotted keys or nested
     dicts) applied and validated."""
@@ -182,6 +234,7 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     family = data.pop("family")
     flat = _flatten(overrides)
     _switch_text_tower(family, data, flat)
+    _reset_path_sections(data, flat)
     for key, value in flat.items():
         node, *path = key.split(".")
         target = data

@@ -19,15 +19,26 @@ FAMILIES: dict[str, str] = {
     "vilt": "coembed.models.single_stream:Vilt",
     "vlmo": "coembed.models.mome:Vlmo",
     "mae": "coembed.models.mae:MAE",
+    "causal_lm": "coembed.models.causal_lm:CausalLM",
+    "qformer": "coembed.models.qformer:QFormer",
+    "flamingo": "coembed.models.flamingo:Flamingo",
+    "llava": "coembed.models.llava:Llava",
 }
 OBJECTIVES: dict[str, str] = {
     "albef": "coembed.objectives.albef",
     "vilt": "coembed.objectives.vilt",
     "vlmo": "coembed.objectives.vlmo",
     "mae": "coembed.objectives.mae",
+    "causal_lm": "coembed.objectives.causal_lm",
+    "qformer": "coembed.objectives.qformer",
+    "flamingo": "coembed.objectives.bridge",
+    "llava": "coembed.objectives.bridge",
 }
 # Image-only families: the trainer still tokenizes each batch's captions, and their objective ignores them.
 IMAGE_ONLY: frozenset[str] = frozenset({"mae"})
+# Text-only families, the mirror case: the trainer still loads each batch's images (at the config's small
+# ``image_size``), and their objective ignores them.
+TEXT_ONLY: frozenset[str] = frozenset({"causal_lm"})
 # The shortest context a tokenizer accepts (<sot>, <eot>): what an image-only family's captions are cut to.
 IMAGE_ONLY_CONTEXT = 2
 

@@ -32,6 +32,7 @@ from coembed.data import shards
 from coembed.data.datasets import ImageFolderDataset, ImageTextDataset, SkipReport, collate_image_text, collate_images, read_samples
 from coembed.data.splits import split_root
 from coembed.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from coembed.eval.caption_loss import caption_validation_loss
 from coembed.eval.features import embed_split
 from coembed.eval.retrieval import retrieval_metrics
 from coembed.eval.suite import zeroshot_task
@@ -129,11 +130,16 @@ def _new_model(cfg: TrainConfig, captions: Callable[[], Iterator[str]]) -> tuple
         if isinstance(model_cfg.text, FusionHFTextConfig):
             _check_mlm_ids(model_cfg.text, tokenizer)
         return new_model(model_cfg), tokenizer
-    tokenizer = Tokenizer.train(captions(), vocab_size=cfg.vocab_size)
-    ids = {"text.vocab_size": tokenizer.vocab_size, "text.pad_id": tokenizer.pad_id, "text.eot_id": tokenizer.eot_id,
-           "text.mask_id": tokenizer.mask_id}
-    # A single-stream family (ViLT, VLMo) keeps its text fields at the top level of its config.
-    named = {name: v for k, v in ids.items() for name in (k, k.removeprefix("text.")) if has_setting(model_cfg, name)}
+    # A bridge to a pretrained LM (lm.path) reads captions with that LM's tokenizer; otherwise train a BPE.
+    tokenizer = model_cfg.pretrained_tokenizer() if hasattr(model_cfg, "pretrained_tokenizer") else None
+    if tokenizer is None:
+        tokenizer = Tokenizer.train(captions(), vocab_size=cfg.vocab_size)
+    ids = {f"text.{name}": getattr(tokenizer, name) for name in ("vocab_size", "pad_id", "eot_id", "mask_id")
+           if getattr(tokenizer, name, None) is not None}
+    # A single-stream family (ViLT, VLMo, the causal LM) keeps its text fields at the top level of its
+    # config; a bridge also in its LM section.
+    named = {name: v for k, v in ids.items() for name in (k, k.removeprefix("text."), "lm." + k.removeprefix("text."))
+             if has_setting(model_cfg, name)}
     overrides = {**named, **cfg.model}
     return new_model(apply_overrides(get_preset(cfg.preset), overrides)), tokenizer
 
@@ -287,7 +293,8 @@ def validate(model: torch.nn.Module, tokenizer: Tokenizer, root: Path, samples: 
              zeroshot: dict[str, tuple[list[str], list[str]]] | None = None) -> dict[str, float]:
     """Validation on the val split: for models with ``encode_image`` the CLIP loss over first captions,
     R@1 both ways and, with ``zeroshot`` (attribute -> (class names, templates)), zero-shot top-1 per
-    attribute; for models with ``itm_logits`` also the ITM pair accuracy (:func:`itm_pair_accuracy`)."""
+    attribute; for models with ``itm_logits`` also the ITM pair accuracy (:func:`itm_pair_accuracy`); for
+    captioners (``caption_logits``) the first captions' next-token loss (:func:`caption_validation_loss`)."""
     model.eval()
     out: dict[str, float] = {}
     if hasattr(model, "encode_image"):
@@ -296,6 +303,8 @@ def validate(model: torch.nn.Module, tokenizer: Tokenizer, root: Path, samples: 
         out["val_itm_pair_acc"] = itm_pair_accuracy(model, tokenizer, root, samples)
     if model.cfg.to_dict().get("family") == "mae":
         out["val_mae"] = mae_validation_loss(model, root, samples)
+    if hasattr(model, "caption_logits"):
+        out["val_caption_loss"] = caption_validation_loss(model, tokenizer, root, samples)
     return out
 
 

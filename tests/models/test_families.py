@@ -42,3 +42,15 @@ def test_context_length_is_read_from_where_each_family_keeps_it(preset: str, whe
 def test_context_length_of_a_model_without_one_is_an_error() -> None:
     with pytest.raises(ValueError, match="Linear's config has no context_length"):
         context_length(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(("preset", "family"), [("lm-tiny", "causal_lm"), ("qformer-tiny", "qformer"), ("flamingo-tiny", "flamingo"),
+                                                ("llava-tiny", "llava")])
+def test_bridge_families_round_trip_their_config(preset: str, family: str) -> None:
+    from coembed.models.families import OBJECTIVES
+
+    cfg = get_preset(preset)
+    fields = cfg.to_dict()
+    assert fields.pop("family") == family and family in OBJECTIVES
+    model = build_model(family, fields)
+    assert model.cfg == cfg and context_length(model) == cfg.context_length
