@@ -19,12 +19,16 @@ FAMILIES: dict[str, str] = {
     "vilt": "coembed.models.single_stream:Vilt",
     "vlmo": "coembed.models.mome:Vlmo",
     "mae": "coembed.models.mae:MAE",
+    "coca": "coembed.models.coca:Coca",
+    "blip": "coembed.models.blip_captioner:BlipCaptioner",
 }
 OBJECTIVES: dict[str, str] = {
     "albef": "coembed.objectives.albef",
     "vilt": "coembed.objectives.vilt",
     "vlmo": "coembed.objectives.vlmo",
     "mae": "coembed.objectives.mae",
+    "coca": "coembed.objectives.coca",
+    "blip": "coembed.objectives.blip",
 }
 # Image-only families: the trainer still tokenizes each batch's captions, and their objective ignores them.
 IMAGE_ONLY: frozenset[str] = frozenset({"mae"})
