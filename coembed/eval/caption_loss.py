@@ -26,7 +26,10 @@ def caption_validation_loss(model: torch.nn.Module, tokenizer, root: Path, sampl
     loader = DataLoader(ImageFolderDataset(root, [s.image for s in samples], default_preprocess(model)), batch_size=batch_size,
                         collate_fn=collate_images)
     device = next(model.parameters()).device
-    pad = model.pad_id if hasattr(model, "pad_id") else model.cfg.pad_id
+    # The bridges name their pad id on the model or its config; the captioners (CoCa, BLIP) in the text config.
+    pad = getattr(model, "pad_id", None)
+    pad = pad if pad is not None else getattr(model.cfg, "pad_id", None)
+    pad = pad if pad is not None else model.cfg.text.pad_id
     total, count = 0.0, 0
     for batch in loader:
         if batch.images is None:
