@@ -1,5 +1,6 @@
 """``coembed data shapes``: generate the built-in benchmark; ``coembed data vqa``: question-answer pairs about
-it; ``coembed data filter``: ALIGN-style cleaning; ``coembed data shard``: write a dataset as tar shards."""
+it; ``coembed data filter``: ALIGN-style cleaning; ``coembed data shard``: write a dataset as tar shards; ``coembed data corrupt``: web-noise
+on purpose; ``coembed data capfilt``: BLIP's captioner + ITM filter."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_vqa(data_sub)
     _register_filter(data_sub)
     _register_shard(data_sub)
+    _register_corrupt(data_sub)
 
 
 def _register_filter(data_sub: argparse._SubParsersAction) -> None:
@@ -79,6 +81,34 @@ def _register_shard(data_sub: argparse._SubParsersAction) -> None:
     shard.add_argument("--json", action="store_true", help="print the summary as JSON")
     shard.add_argument("--no-progress", action="store_true", help="no progress bar")
     shard.set_defaults(func=run_shard)
+
+
+def _register_corrupt(data_sub: argparse._SubParsersAction) -> None:
+    corrupt = data_sub.add_parser(
+        "corrupt", help="give a share of the images other images' captions (noise with a recorded truth)",
+        description="Replace every caption of round(FRACTION * images) randomly chosen images with a caption of another "
+                    "random image. Writes OUT/captions.jsonl (image paths resolve from OUT; each line has 'corrupted', one "
+                    "flag per caption, and 'original_captions' when corrupted) and OUT/corrupt_report.json.")
+    corrupt.add_argument("src", metavar="SRC", help="dataset folder (one split, e.g. shapes/train)")
+    corrupt.add_argument("out", metavar="OUT", help="output folder")
+    corrupt.add_argument("--fraction", type=float, default=0.5, help="share of images to corrupt, in [0, 1] (default 0.5)")
+    corrupt.add_argument("--seed", type=int, default=0)
+    corrupt.add_argument("--json", action="store_true", help="print the report as JSON")
+    corrupt.set_defaults(func=run_corrupt)
+
+
+def run_corrupt(args: argparse.Namespace) -> int:
+    from coembed.data.corrupt import corrupt_dataset
+    from coembed.errors import ConfigError
+
+    if not 0.0 <= args.fraction <= 1.0:  # also refuses nan
+        raise ConfigError(f"--fraction must be in [0, 1], got {args.fraction}")
+    report = corrupt_dataset(args.src, args.out, args.fraction, args.seed)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        eprint(report.table())
+    return 0
 
 
 def run_shapes(args: argparse.Namespace) -> int:
