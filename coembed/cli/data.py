@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_filter(data_sub)
     _register_shard(data_sub)
     _register_corrupt(data_sub)
+    _register_capfilt(data_sub)
 
 
 def _register_filter(data_sub: argparse._SubParsersAction) -> None:
@@ -104,6 +105,62 @@ def run_corrupt(args: argparse.Namespace) -> int:
     if not 0.0 <= args.fraction <= 1.0:  # also refuses nan
         raise ConfigError(f"--fraction must be in [0, 1], got {args.fraction}")
     report = corrupt_dataset(args.src, args.out, args.fraction, args.seed)
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        eprint(report.table())
+    return 0
+
+
+def _register_capfilt(data_sub: argparse._SubParsersAction) -> None:
+    from coembed.cli.caption import _probability
+
+    cf = data_sub.add_parser(
+        "capfilt", help="BLIP's CapFilt: add synthetic captions, drop the captions an ITM filter judges unmatched",
+        description="For each image of SRC the captioner (a blip or coca run) writes --synthetic captions by nucleus "
+                    "sampling; the filter (a fusion run with an ITM head, e.g. albef-tiny) scores every web and synthetic "
+                    "caption with its ITM match probability; captions under --threshold are dropped, and images left "
+                    "without a caption. Writes OUT/captions.jsonl (with each caption's origin and score under 'capfilt'), "
+                    "OUT/capfilt_scores.jsonl (every caption's score) and OUT/capfilt_report.json. An interrupted run "
+                    "resumes when rerun with the same settings.")
+    cf.add_argument("src", metavar="SRC", help="dataset folder (captions.jsonl or OpenCLIP CSV)")
+    cf.add_argument("out", metavar="OUT", help="output folder")
+    cf.add_argument("--captioner", metavar="RUN", help="captioning checkpoint or run folder (needed unless --synthetic 0)")
+    cf.add_argument("--filter", required=True, metavar="RUN", help="ITM checkpoint or run folder (a fusion family)")
+    cf.add_argument("--synthetic", type=non_negative_int, default=1, metavar="K", help="synthetic captions per image (default 1)")
+    cf.add_argument("--threshold", type=_probability_or_zero, default=0.5, help="keep captions with ITM match probability >= this (default 0.5)")
+    cf.add_argument("--top-p", type=_probability, default=0.9, help="nucleus mass of the captioner's sampling (default 0.9)")
+    cf.add_argument("--max-length", type=positive_int, default=32, help="tokens per synthetic caption, <sot>/<eot> included (default 32)")
+    cf.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")
+    cf.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
+    cf.add_argument("--json", action="store_true", help="print the report as JSON")
+    cf.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cf.set_defaults(func=run_capfilt)
+
+
+def _probability_or_zero(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
+    return value
+
+
+def run_capfilt(args: argparse.Namespace) -> int:
+    from coembed.data.capfilt import CapFiltConfig, capfilt
+    from coembed.errors import ConfigError
+
+    if args.synthetic and args.captioner is None:
+        raise ConfigError("--captioner is required unless --synthetic 0 (the captioner writes the synthetic captions)")
+    cfg = CapFiltConfig(synthetic=args.synthetic, threshold=args.threshold, top_p=args.top_p, max_length=args.max_length,
+                        batch_size=args.batch_size, seed=args.seed)
+    try:
+        report = capfilt(args.src, args.out, args.captioner, args.filter, cfg,
+                         progress=None if args.no_progress else progress_callback("capfilt"))
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("max_length", "--max-length")) from None
     if args.json:
         print_json(report.to_dict())
     else:
