@@ -112,6 +112,18 @@ def test_kept_captions_match_a_naive_loop_over_the_scores(tmp_path: Path, thresh
     assert report.dropped_images.get("no caption left", 0) == 7 - len(want)
 
 
+def test_a_score_equal_to_the_threshold_is_kept(tmp_path: Path) -> None:
+    src = _dataset(tmp_path, n=1, captions=3)
+
+    def scorer(images, texts):
+        return [[0.5, 0.5 - 1e-9, 0.5 + 1e-9]]
+
+    report = capfilt_samples(src, tmp_path / "out", None, scorer, CapFiltConfig(synthetic=0, threshold=0.5))
+    line = json.loads((tmp_path / "out" / "captions.jsonl").read_text())
+    assert line["captions"] == ["image 0 caption 0", "image 0 caption 2"]
+    assert report.captions["web"] == {"in": 3, "kept": 2, "below threshold": 1}
+
+
 def test_bad_images_are_counted_and_skipped(tmp_path: Path) -> None:
     src = _dataset(tmp_path, n=4)
     (src / "images" / "2.png").write_bytes(b"not a png")
@@ -139,7 +151,9 @@ def test_an_interrupted_run_resumes_with_the_same_draws(tmp_path: Path, monkeypa
         capfilt_samples(src, tmp_path / "b", captioner, dies_on_third, cfg)
     assert not (tmp_path / "b" / "captions.jsonl").exists()  # nothing half-written
     partial = tmp_path / "b" / (SCORES_FILE + ".partial")
-    partial.write_text(partial.read_text() + '{"image": "images/4.png", "capt')  # a torn write
+    # A torn batch: its first record whole, the second cut; the whole batch is redone.
+    record = (tmp_path / "ref" / SCORES_FILE).read_text().splitlines()[5]
+    partial.write_text(partial.read_text() + record + '\n{"image": "images/5.png", "capt')
     seeds: list[int] = []
     report = capfilt_samples(src, tmp_path / "b", _fake_models(seeds)[0], scorer, cfg)
     assert report.resumed_images == 4 and seeds == [capfilt_module.batch_seed(0, 4), capfilt_module.batch_seed(0, 6)]
