@@ -42,7 +42,7 @@ wait
 run tiny-clean --data "$OUT/clean" "${TINY[@]}"
 
 for name in tiny-noisy tiny-clean; do
-  [ -f "$OUT/$name.eval.json" ] || "$PY" -m coembed eval "$OUT/$name" --data "$DATA" --split test --skip zeroshot \
+  [ -f "$OUT/$name.eval.json" ] || "$PY" -m coembed eval --checkpoint "$OUT/$name" --data "$DATA" --split test --skip zeroshot \
       --skip linear_probe --skip compositional --out "$OUT/$name.eval.json" >/dev/null 2>&1
 done
 "$PY" benchmarks/capfilt_report.py "$OUT"

@@ -387,6 +387,7 @@ def capfilt(src: str | os.PathLike, out: str | os.PathLike, captioner_ckpt: str 
 
     if cfg.synthetic and captioner_ckpt is None:
         raise ConfigError("synthetic captions need a captioner checkpoint (or set synthetic to 0)")
+    _check_folders(Path(src), Path(out))  # before the (slow) model loading
     scorer = itm_scorer(_checked(filter_ckpt, "--filter", "itm"))
     captioner = model_captioner(_checked(captioner_ckpt, "--captioner", "caption"), cfg) if cfg.synthetic else None
     identity = {"filter": os.path.realpath(filter_ckpt),

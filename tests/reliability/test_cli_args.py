@@ -79,6 +79,13 @@ ROWS = [
     ("data filter DATA/test DIR/f --max-aspect 0.5", "--max-aspect must be a number >= 1"),
     ("data filter DATA/test DIR/f --junk-pattern '(['", "--junk-pattern: '([' is not a valid regular expression"),
     ("data filter DATA/test DIR/f --min-words -1", "argument --min-words"),
+    ("data capfilt /nope DIR/c --filter CK --captioner CK", "dataset folder /nope does not exist"),
+    ("data capfilt DATA/test DIR/c --filter CK", "--captioner is required unless --synthetic 0"),
+    ("data capfilt DATA/test DIR/c --filter CK --captioner CK --threshold 2", "argument --threshold"),
+    ("data capfilt DATA/test DIR/c --filter CK --captioner CK --top-p 0", "argument --top-p"),
+    ("data capfilt DATA/test DIR/c --filter /nope --captioner /nope", "checkpoint /nope does not exist"),
+    ("data corrupt /nope DIR/x", "dataset folder /nope does not exist"),
+    ("data corrupt DATA/test DIR/x --fraction 1.5", "--fraction must be in [0, 1]"),
     ("nope", "invalid choice: 'nope'"),
 ]
 

@@ -1,0 +1,92 @@
+"""The figures of benchmarks/capfilt_shapes.sh: the filter's precision / recall against the recorded
+corruption (at the run's threshold and a sweep, re-thresholding the saved scores), the CapFilt counts,
+how often a synthetic caption is one of the image's true captions, and test R@1 of the dual encoder
+trained on the noisy vs the cleaned set.
+
+Usage: python benchmarks/capfilt_report.py OUT   (OUT as given to capfilt_shapes.sh)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from coembed.data.capfilt import REPORT_FILE, SCORES_FILE
+from coembed.data.corrupt import corruption_truth
+
+SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def web_scores(out: Path) -> list[tuple[bool, float]]:
+    """(corrupted, ITM score) of every web caption CapFilt scored, joined with the corruption's truth."""
+    noisy = out / "noisy" / "train"
+    truth = corruption_truth(noisy)
+    rows = []
+    for text in (out / "clean" / "train" / SCORES_FILE).read_text().splitlines()[1:]:
+        record = json.loads(text)
+        image = os.path.realpath(noisy / record["image"])
+        rows += [(truth[(image, c["text"])], c["score"]) for c in record.get("captions", []) if c["origin"] == "web"]
+    return rows
+
+
+def precision_recall(rows: list[tuple[bool, float]], threshold: float) -> dict[str, float]:
+    """Of the drop decision (score < threshold) as a detector of corrupted captions."""
+    dropped = [bad for bad, score in rows if score < threshold]
+    true_drops, corrupted = sum(dropped), sum(bad for bad, _ in rows)
+    return {"threshold": threshold, "dropped": len(dropped), "precision": true_drops / len(dropped) if dropped else float("nan"),
+            "recall": true_drops / corrupted if corrupted else float("nan"),
+            "clean_kept": sum(not bad and score >= threshold for bad, score in rows) / max(1, len(rows) - corrupted)}
+
+
+def synthetic_exact(out: Path) -> tuple[int, int]:
+    """(synthetic captions that are exactly one of their image's true captions, synthetic captions)."""
+    noisy = out / "noisy" / "train"
+    own = {}
+    for line in map(json.loads, (noisy / "captions.jsonl").read_text().splitlines()):
+        own[line["image"]] = set(line.get("original_captions", line["captions"]))
+    hits = total = 0
+    for record in map(json.loads, (out / "clean" / "train" / SCORES_FILE).read_text().splitlines()[1:]):
+        for c in record.get("captions", []):
+            if c["origin"] == "synthetic":
+                total += 1
+                hits += c["text"] in own.get(record["image"], ())
+    return hits, total
+
+
+def recall_at_1(path: Path) -> dict[str, float]:
+    """The R@1 entries of a `coembed eval --out` JSON, wherever they are nested."""
+    found: dict[str, float] = {}
+
+    def walk(node, prefix=""):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}/")
+        elif prefix.rstrip("/").endswith("recall@1"):
+            found[prefix.rstrip("/")] = node
+
+    walk(json.loads(path.read_text()).get("metrics", {}))
+    return found
+
+
+def main(out: Path) -> None:
+    rows = web_scores(out)
+    report = json.loads((out / "clean" / "train" / REPORT_FILE).read_text())
+    print(f"web captions scored: {len(rows)}, corrupted: {sum(b for b, _ in rows)}")
+    print("\n| threshold | web dropped | precision | recall | clean web kept |\n|---|---|---|---|---|")
+    for t in SWEEP:
+        m = precision_recall(rows, t)
+        mark = " (run)" if t == report["threshold"] else ""
+        print(f"| {t:g}{mark} | {m['dropped']} | {m['precision']:.3f} | {m['recall']:.3f} | {m['clean_kept']:.3f} |")
+    hits, total = synthetic_exact(out)
+    print(f"\nsynthetic captions that are exactly one of the image's true captions: {hits} / {total}")
+    print(f"CapFilt report: images kept {report['images_kept']} / {report['images_in']}; captions {json.dumps(report['captions'])}")
+    for name in ("tiny-noisy", "tiny-clean"):
+        path = out / f"{name}.eval.json"
+        if path.exists():
+            print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in recall_at_1(path).items()))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
