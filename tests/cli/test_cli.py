@@ -19,7 +19,7 @@ import coembed
 from coembed.cli.main import main
 from tests.helpers import copy_test_images
 
-SUBCOMMANDS = [["data"], ["data", "shapes"], ["data", "vqa"], ["data", "filter"], ["train"], ["eval"], ["embed"], ["classify"], ["convert"], ["export"], ["index"], ["search"], ["tag"], ["serve"], ["explain"], ["demo"]]
+SUBCOMMANDS = [["data"], ["data", "shapes"], ["data", "vqa"], ["data", "filter"], ["data", "corrupt"], ["data", "capfilt"], ["train"], ["eval"], ["embed"], ["classify"], ["convert"], ["export"], ["index"], ["search"], ["tag"], ["serve"], ["explain"], ["demo"]]
 ENTRY_POINT = Path(sys.executable).parent / "coembed"
 
 
