@@ -22,7 +22,8 @@ Output, under ``out``:
 
 Resumable: the scores are appended batch by batch to ``capfilt_scores.jsonl.partial`` (each batch in
 one write, flushed); a rerun with the same settings and checkpoints keeps the complete batches and
-continues after them, with the same random draws. The manifest and the report are written atomically
+continues after them, with the same random draws. A rerun after a finished run reuses all its scores
+(only ``threshold`` may differ: re-thresholding runs no model). The manifest and the report are written atomically
 at the end, so ``captions.jsonl`` is never half-written.
 """
 
@@ -211,28 +212,31 @@ def _header(cfg: CapFiltConfig, identity: dict[str, str]) -> dict[str, Any]:
 
 
 def _resume(partial: Path, header: dict[str, Any], samples: Sequence[Sample], batch_size: int) -> list[dict[str, Any]]:
-    """The complete batches of records an interrupted run left in ``partial`` (rewritten to hold only
-    them); [] when there is none.
+    """The complete batches of records an interrupted run left in ``partial``, or the records of a
+    finished run (its scores file, so a rerun with another threshold reuses every score); the partial
+    file is rewritten to hold only them; [] when there is neither.
 
     Raises:
         DataError: the partial file was written with other settings, checkpoints or input.
     """
-    if not partial.exists():
+    done = partial.with_name(SCORES_FILE)
+    source = partial if partial.exists() else done if done.exists() else None
+    if source is None:
         return []
     records = []
-    for text in partial.read_text(encoding="utf-8").splitlines():
+    for text in source.read_text(encoding="utf-8").splitlines():
         try:
             records.append(json.loads(text))
         except json.JSONDecodeError:
             break  # a torn last write: everything from here is redone
     if not records or records[0] != header:
-        raise DataError(f"{partial} is an interrupted CapFilt run with other settings or checkpoints; delete it "
-                        "or rerun with the same ones")
+        raise DataError(f"{source} holds a CapFilt run with other settings or checkpoints; delete it or rerun with "
+                        "the same ones")
     records = records[1:]
     if len(records) < len(samples):
         records = records[: len(records) // batch_size * batch_size]
     if any(r.get("image") != s.image for r, s in zip(records, samples)) or len(records) > len(samples):
-        raise DataError(f"{partial} was written for another input manifest; delete it to start over")
+        raise DataError(f"{source} was written for another input manifest; delete it to start over")
     atomic_write_text(partial, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in [header, *records]))
     return records
 

@@ -159,6 +159,12 @@ def test_an_interrupted_run_resumes_with_the_same_draws(tmp_path: Path, monkeypa
     assert report.resumed_images == 4 and seeds == [capfilt_module.batch_seed(0, 4), capfilt_module.batch_seed(0, 6)]
     for name in ("captions.jsonl", SCORES_FILE):
         assert (tmp_path / "b" / name).read_text() == (tmp_path / "ref" / name).read_text()
+    def no_model(*args):
+        raise AssertionError("a finished run's scores are reused")
+
+    again = capfilt_samples(src, tmp_path / "b", no_model, no_model, CapFiltConfig(synthetic=1, threshold=0.9, batch_size=2))
+    assert again.resumed_images == 7 and again.images_kept < report.images_kept
+    assert (tmp_path / "b" / SCORES_FILE).read_text() == (tmp_path / "ref" / SCORES_FILE).read_text()
     with pytest.raises(DataError, match="other settings"):
         (tmp_path / "c").mkdir()
         (tmp_path / "c" / (SCORES_FILE + ".partial")).write_text(json.dumps({"capfilt": {"seed": 9}}) + "\n")
