@@ -73,7 +73,10 @@ def recall_at_1(path: Path) -> dict[str, float]:
 def main(out: Path) -> None:
     rows = web_scores(out)
     report = json.loads((out / "clean" / "train" / REPORT_FILE).read_text())
-    print(f"web captions scored: {len(rows)}, corrupted: {sum(b for b, _ in rows)}")
+    good, bad = [s for b, s in rows if not b], [s for b, s in rows if b]
+    auc = sum((g > x) + 0.5 * (g == x) for g in good for x in bad) / max(1, len(good) * len(bad))
+    print(f"web captions scored: {len(rows)}, corrupted: {len(bad)}; mean ITM score clean {sum(good) / len(good):.3f}, "
+          f"corrupted {sum(bad) / len(bad):.3f}; ROC AUC of the score separating them {auc:.3f}")
     print("\n| threshold | web dropped | precision | recall | clean web kept |\n|---|---|---|---|---|")
     for t in SWEEP:
         m = precision_recall(rows, t)
@@ -82,7 +85,7 @@ def main(out: Path) -> None:
     hits, total = synthetic_exact(out)
     print(f"\nsynthetic captions that are exactly one of the image's true captions: {hits} / {total}")
     print(f"CapFilt report: images kept {report['images_kept']} / {report['images_in']}; captions {json.dumps(report['captions'])}")
-    for name in ("tiny-noisy", "tiny-clean"):
+    for name in ("tiny-oracle", "tiny-noisy", "tiny-clean"):
         path = out / f"{name}.eval.json"
         if path.exists():
             print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in recall_at_1(path).items()))

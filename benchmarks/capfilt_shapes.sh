@@ -38,6 +38,8 @@ run filter2 --data "$OUT/noisy" --preset albef-tiny "${COMMON[@]}" --set batch_s
 TINY=(--preset tiny "${COMMON[@]}" --set batch_size=64 --set max_steps="$STEPS" --set val_every=200 --set save_every="$STEPS")
 run tiny-noisy --data "$OUT/noisy" "${TINY[@]}" &
 wait
+# The reference: the same dual encoder on the uncorrupted training captions (what corruption costs).
+run tiny-oracle --data "$DATA" "${TINY[@]}" &
 
 if [ ! -f "$OUT/clean/train/captions.jsonl" ]; then
   "$PY" -m coembed data capfilt "$OUT/noisy/train" "$OUT/clean/train" --captioner "$OUT/captioner" --filter "$OUT/filter2" \
@@ -46,8 +48,9 @@ if [ ! -f "$OUT/clean/train/captions.jsonl" ]; then
 fi
 dataset "$OUT/clean"
 run tiny-clean --data "$OUT/clean" "${TINY[@]}"
+wait
 
-for name in tiny-noisy tiny-clean; do
+for name in tiny-oracle tiny-noisy tiny-clean; do
   [ -f "$OUT/$name.eval.json" ] || "$PY" -m coembed eval --checkpoint "$OUT/$name" --data "$DATA" --split test --skip zeroshot \
       --skip linear_probe --skip compositional --out "$OUT/$name.eval.json" >/dev/null 2>&1
 done
