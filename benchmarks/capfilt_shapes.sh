@@ -47,11 +47,16 @@ if [ ! -f "$OUT/clean/train/captions.jsonl" ]; then
   stamp "capfilt:"; cat "$OUT/capfilt.log"
 fi
 dataset "$OUT/clean"
-run tiny-clean --data "$OUT/clean" "${TINY[@]}"
+KEPT=$(wc -l <"$OUT/clean/train/captions.jsonl")
+if [ "$KEPT" -ge 64 ]; then
+  run tiny-clean --data "$OUT/clean" "${TINY[@]}"
+else  # BLIP's rule on a filter that learned little can keep almost nothing; say so rather than fail
+  stamp "tiny-clean: not trained, CapFilt kept $KEPT images (< batch size 64)"
+fi
 wait
 
 for name in tiny-oracle tiny-noisy tiny-clean; do
-  [ -f "$OUT/$name.eval.json" ] || "$PY" -m coembed eval --checkpoint "$OUT/$name" --data "$DATA" --split test --skip zeroshot \
+  [ -f "$OUT/$name.eval.json" ] || [ ! -f "$OUT/$name.done" ] || "$PY" -m coembed eval --checkpoint "$OUT/$name" --data "$DATA" --split test --skip zeroshot \
       --skip linear_probe --skip compositional --out "$OUT/$name.eval.json" >/dev/null 2>&1
 done
 "$PY" benchmarks/capfilt_report.py "$OUT"
