@@ -1,6 +1,6 @@
 """``coembed data shapes``: generate the built-in benchmark; ``coembed data vqa``: question-answer pairs about
-it; ``coembed data filter``: ALIGN-style cleaning; ``coembed data shard``: write a dataset as tar shards; ``coembed data corrupt``: web-noise
-on purpose; ``coembed data capfilt``: BLIP's captioner + ITM filter."""
+it; ``coembed data filter``: ALIGN-style cleaning; ``coembed data shard``: write a dataset as tar shards; ``coembed data corrupt``:
+web-noise on purpose; ``coembed data capfilt``: BLIP's captioner + ITM filter."""
 
 from __future__ import annotations
 
@@ -127,10 +127,13 @@ def _register_capfilt(data_sub: argparse._SubParsersAction) -> None:
     cf.add_argument("out", metavar="OUT", help="output folder")
     cf.add_argument("--captioner", metavar="RUN", help="captioning checkpoint or run folder (needed unless --synthetic 0)")
     cf.add_argument("--filter", required=True, metavar="RUN", help="ITM checkpoint or run folder (a fusion family)")
-    cf.add_argument("--synthetic", type=non_negative_int, default=1, metavar="K", help="synthetic captions per image (default 1)")
-    cf.add_argument("--threshold", type=_probability_or_zero, default=0.5, help="keep captions with ITM match probability >= this (default 0.5)")
+    cf.add_argument("--synthetic", type=non_negative_int, default=1, metavar="K",
+                    help="synthetic captions per image (default 1)")
+    cf.add_argument("--threshold", type=_probability_or_zero, default=0.5,
+                    help="keep captions with ITM match probability >= this (default 0.5)")
     cf.add_argument("--top-p", type=_probability, default=0.9, help="nucleus mass of the captioner's sampling (default 0.9)")
-    cf.add_argument("--max-length", type=positive_int, default=32, help="tokens per synthetic caption, <sot>/<eot> included (default 32)")
+    cf.add_argument("--max-length", type=positive_int, default=32,
+                    help="tokens per synthetic caption, <sot>/<eot> included (default 32)")
     cf.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")
     cf.add_argument("--seed", type=non_negative_int, default=0, help="sampling seed (default 0)")
     cf.add_argument("--json", action="store_true", help="print the report as JSON")
