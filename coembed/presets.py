@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from coembed.errors import ConfigError
-from coembed.models.blip_captioner import BlipCaptionerConfig, BlipTextConfig
 from coembed.models.causal_lm import CausalLMConfig, LMConfig
+from coembed.models.blip_captioner import BlipCaptionerConfig, BlipTextConfig
 from coembed.models.coca import CocaConfig, CocaTextConfig
 from coembed.models.dual_encoder import DualEncoderConfig
 from coembed.models.flamingo import FlamingoConfig
@@ -155,8 +155,6 @@ def _llava_tiny() -> LlavaConfig:
     # LLaVA at `tiny`'s scale: the 64 patch tokens of the 64 px `tiny` tower through the 2-layer MLP
     # projector into the LM (64 + 48 caption tokens <= the LM's 128 positions); stage 1 (projector only).
     return LlavaConfig(vision=_tiny().vision, lm=_bridge_lm(), context_length=48, stage=1)
-
-
 def _coca_tiny() -> CocaConfig:
     # CoCa at `albef-tiny`'s image tower: 2 unimodal + 2 multimodal text layers of width 128 (CoCa-Base:
     # 6 + 6 of 768), 16 captioning queries (CoCa: 256) for 65 image tokens, one contrastive query. The
@@ -183,11 +181,11 @@ def _blip_tiny() -> BlipCaptionerConfig:
 _PRESETS: dict[str, Callable[[], Any]] = {
     "albef-minilm": _albef_minilm,
     "albef-tiny": _albef_tiny,
-    "blip-tiny": _blip_tiny,
-    "coca-tiny": _coca_tiny,
     "flamingo-tiny": _flamingo_tiny,
     "llava-tiny": _llava_tiny,
     "lm-tiny": _lm_tiny,
+    "blip-tiny": _blip_tiny,
+    "coca-tiny": _coca_tiny,
     "mae-tiny": _mae_tiny,
     "qformer-tiny": _qformer_tiny,
     "tiny": _tiny,

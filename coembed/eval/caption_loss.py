@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from coembed.data.datasets import ImageFolderDataset, collate_images
 from coembed.loading import default_preprocess
-from coembed.losses.language_modeling import IGNORE_INDEX, next_token_targets
+from coembed.losses.captioning import IGNORE_INDEX, caption_targets
 from coembed.models.families import context_length
 from coembed.towers.text_transformer import trim_padding
 
@@ -26,10 +26,8 @@ def caption_validation_loss(model: torch.nn.Module, tokenizer, root: Path, sampl
     loader = DataLoader(ImageFolderDataset(root, [s.image for s in samples], default_preprocess(model)), batch_size=batch_size,
                         collate_fn=collate_images)
     device = next(model.parameters()).device
-    # The bridges name their pad id on the model or its config; the captioners (CoCa, BLIP) in the text config.
-    pad = getattr(model, "pad_id", None)
-    pad = pad if pad is not None else getattr(model.cfg, "pad_id", None)
-    pad = pad if pad is not None else model.cfg.text.pad_id
+    # A bridge knows its LM's padding id; the other captioners pad with the tokenizer's.
+    pad = model.pad_id if hasattr(model, "pad_id") else tokenizer.pad_id
     total, count = 0.0, 0
     for batch in loader:
         if batch.images is None:
@@ -37,7 +35,7 @@ def caption_validation_loss(model: torch.nn.Module, tokenizer, root: Path, sampl
         captions = [samples[i].captions[0] for i in batch.indices.tolist()]
         tokens = trim_padding(tokenizer(captions, context_length=context_length(model)), pad).to(device)  # (B, T)
         logits = model.caption_logits(model.caption_memory(batch.images.to(device)), tokens)[:, :-1].float()
-        targets = next_token_targets(tokens, pad)  # (B, T - 1)
+        targets = caption_targets(tokens, pad)  # (B, T - 1)
         losses = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                                    ignore_index=IGNORE_INDEX, reduction="sum")
         total += losses.item()

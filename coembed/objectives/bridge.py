@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from coembed.losses.language_modeling import next_token_loss
+from coembed.losses.captioning import caption_loss
 from coembed.objectives import FusionBatch
 from coembed.towers.text_transformer import trim_padding
 
@@ -16,7 +16,7 @@ from coembed.towers.text_transformer import trim_padding
 def caption_term(model, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Next-token loss of ``model.caption_logits(model.caption_memory(images), tokens)`` on the real caption tokens."""
     tokens = trim_padding(tokens, model.pad_id)  # (B, T)
-    return next_token_loss(model.caption_logits(model.caption_memory(images), tokens), tokens, model.pad_id)
+    return caption_loss(model.caption_logits(model.caption_memory(images), tokens), tokens, model.pad_id)
 
 
 def compute_losses(model, batch: FusionBatch, *, progress: float, weights: dict[str, float],

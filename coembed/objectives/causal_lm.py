@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from coembed.losses.language_modeling import next_token_loss
+from coembed.losses.captioning import caption_loss
 from coembed.objectives import FusionBatch
 from coembed.towers.text_transformer import trim_padding
 
@@ -22,4 +22,4 @@ def compute_losses(model, batch: FusionBatch, *, progress: float, weights: dict[
     offset = 0
     if cfg.position_jitter:
         offset = int(torch.randint(0, cfg.context_length - tokens.shape[1] + 1, (1,), generator=generator))
-    return {"lm": next_token_loss(model(tokens, offset=offset), tokens, cfg.pad_id)}
+    return {"lm": caption_loss(model(tokens, offset=offset), tokens, cfg.pad_id)}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from coembed.losses.language_modeling import next_token_loss
+from coembed.losses.captioning import caption_loss
 from coembed.losses.matching import itc_targets, itm_loss, sample_itm_negatives
 from coembed.models.qformer import QFormer, itc_mask, itg_mask, itm_mask
 from coembed.objectives import FusionBatch
@@ -42,7 +42,7 @@ def compute_losses(model: QFormer, batch: FusionBatch, *, progress: float, weigh
     sim_i2t = model.itc_similarity(*model.itc_embeddings(query_out, text_out))  # (B, B)
     losses = {"itc": soft_target_loss(sim_i2t, ids)}
     _, text_gen = model.forward_features(image, tokens, itg_mask)
-    losses["itg"] = next_token_loss(model.itg_logits(text_gen), tokens, pad)
+    losses["itg"] = caption_loss(model.itg_logits(text_gen), tokens, pad)
     if weights.get("itm", 1.0) != 0:
         losses["itm"] = _itm(model, batch, image, tokens, sim_i2t.detach(), ids, generator)
     return losses

@@ -38,8 +38,8 @@ from coembed.eval.retrieval import retrieval_metrics
 from coembed.eval.suite import zeroshot_task
 from coembed.io import atomic_write_json, atomic_write_text
 from coembed.layers.transformer import Transformer
-from coembed.generation.captions import is_captioner
 from coembed.loading import Loaded, checkpoint_config, default_preprocess, load, tokenizer_section
+from coembed.generation.captions import is_captioner
 from coembed.losses.contrastive import clip_loss
 from coembed.models.families import context_length
 from coembed.models.fusion import FusionHFTextConfig
@@ -47,7 +47,6 @@ from coembed.objectives import FusionBatch
 from coembed.presets import apply_overrides, get_preset, has_setting, new_model
 from coembed.tokenizer import Tokenizer
 from coembed.towers.hf_text import HFTextConfig, read_tokenizer
-from coembed.towers.text_transformer import trim_padding
 from coembed.train.config import TrainConfig
 from coembed.train.distributed import DistEnv, broadcast_state, from_env
 from coembed.train.precision import resolve_precision

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from coembed.losses.language_modeling import next_token_loss
+from coembed.losses.captioning import caption_loss
 from coembed.models.causal_lm import LMConfig
 from coembed.models.llava import Llava, LlavaConfig
 from coembed.objectives import FusionBatch
@@ -65,13 +65,13 @@ def test_stage_chooses_what_trains_and_a_step_changes_exactly_that(stage: int, t
     assert changed == trains
 
 
-def test_objective_is_the_caption_next_token_loss() -> None:
+def test_objective_is_the_caption_caption_loss() -> None:
     model = llava()
     tokens, pics = tokens_with_padding(), images()
     batch = FusionBatch(pics, tokens, torch.arange(3))
     with torch.no_grad():
         got = compute_losses(model, batch, progress=0.0, weights={}, generator=torch.Generator())["lm"]
-        assert torch.allclose(got, next_token_loss(model(pics, tokens), tokens, 0))
+        assert torch.allclose(got, caption_loss(model(pics, tokens), tokens, 0))
 
 
 def test_tiling_feeds_pooled_global_view_and_tiles() -> None:
