@@ -84,7 +84,8 @@ def main(out: Path) -> None:
         print(f"| {t:g}{mark} | {m['dropped']} | {m['precision']:.3f} | {m['recall']:.3f} | {m['clean_kept']:.3f} |")
     hits, total = synthetic_exact(out)
     print(f"\nsynthetic captions that are exactly one of the image's true captions: {hits} / {total}")
-    print(f"CapFilt report: images kept {report['images_kept']} / {report['images_in']}; captions {json.dumps(report['captions'])}")
+    print(f"CapFilt report: images kept {report['images_kept']} / {report['images_in']}; "
+          f"captions {json.dumps(report['captions'])}")
     for name in ("tiny-oracle", "tiny-noisy", "tiny-clean"):
         path = out / f"{name}.eval.json"
         if path.exists():

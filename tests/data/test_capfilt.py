@@ -95,7 +95,8 @@ def _naive(candidates: list[tuple[str, str]], threshold: float) -> list[tuple[st
 def test_kept_captions_match_a_naive_loop_over_the_scores(tmp_path: Path, threshold: float) -> None:
     src = _dataset(tmp_path, n=7)
     captioner, scorer = _fake_models()
-    report = capfilt_samples(src, tmp_path / "out", captioner, scorer, CapFiltConfig(synthetic=3, threshold=threshold, batch_size=3))
+    cfg = CapFiltConfig(synthetic=3, threshold=threshold, batch_size=3)
+    report = capfilt_samples(src, tmp_path / "out", captioner, scorer, cfg)
     want, web_kept = {}, 0
     for i in range(7):
         synthetic = _synthetic(i, capfilt_module.batch_seed(0, i // 3 * 3))
