@@ -17,6 +17,8 @@ import torch
 
 from coembed.errors import ConfigError
 from coembed.models.causal_lm import CausalLMConfig, LMConfig
+from coembed.models.blip_captioner import BlipCaptionerConfig, BlipTextConfig
+from coembed.models.coca import CocaConfig, CocaTextConfig
 from coembed.models.dual_encoder import DualEncoderConfig
 from coembed.models.flamingo import FlamingoConfig
 from coembed.models.families import model_class
@@ -153,12 +155,34 @@ def _llava_tiny() -> LlavaConfig:
     # LLaVA at `tiny`'s scale: the 64 patch tokens of the 64 px `tiny` tower through the 2-layer MLP
     # projector into the LM (64 + 48 caption tokens <= the LM's 128 positions); stage 1 (projector only).
     return LlavaConfig(vision=_tiny().vision, lm=_bridge_lm(), context_length=48, stage=1)
+def _coca_tiny() -> CocaConfig:
+    # CoCa at `albef-tiny`'s image tower: 2 unimodal + 2 multimodal text layers of width 128 (CoCa-Base:
+    # 6 + 6 of 768), 16 captioning queries (CoCa: 256) for 65 image tokens, one contrastive query. The
+    # trainer sets the vocabulary ids from the BPE tokenizer it trains on the captions.
+    return CocaConfig(
+        embed_dim=128,
+        vision=VisionConfig(image_size=64, patch_size=8, width=128, layers=4, heads=2, stem="conv"),
+        text=CocaTextConfig(vocab_size=1024, context_length=48, width=128, heads=2, layers=2, decoder_layers=2),
+        caption_queries=16, pooler_heads=2,
+    )
+
+
+def _blip_tiny() -> BlipCaptionerConfig:
+    # BLIP's image-grounded decoder at `albef-tiny`'s image tower: 4 decoder blocks of width 128, each
+    # cross-attending to all 65 image tokens, LM head tied to the word embeddings, label smoothing 0.1.
+    return BlipCaptionerConfig(
+        vision=VisionConfig(image_size=64, patch_size=8, width=128, layers=4, heads=2, stem="conv"),
+        text=BlipTextConfig(vocab_size=1024, context_length=48, width=128, heads=2, layers=4),
+        label_smoothing=0.1,
+    )
 
 
 # name -> a function returning a fresh config of any registered family (its ``to_dict()`` names it).
 _PRESETS: dict[str, Callable[[], Any]] = {
     "albef-minilm": _albef_minilm,
     "albef-tiny": _albef_tiny,
+    "blip-tiny": _blip_tiny,
+    "coca-tiny": _coca_tiny,
     "flamingo-tiny": _flamingo_tiny,
     "llava-tiny": _llava_tiny,
     "lm-tiny": _lm_tiny,

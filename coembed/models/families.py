@@ -23,6 +23,8 @@ FAMILIES: dict[str, str] = {
     "qformer": "coembed.models.qformer:QFormer",
     "flamingo": "coembed.models.flamingo:Flamingo",
     "llava": "coembed.models.llava:Llava",
+    "coca": "coembed.models.coca:Coca",
+    "blip": "coembed.models.blip_captioner:BlipCaptioner",
 }
 OBJECTIVES: dict[str, str] = {
     "albef": "coembed.objectives.albef",
@@ -33,6 +35,8 @@ OBJECTIVES: dict[str, str] = {
     "qformer": "coembed.objectives.qformer",
     "flamingo": "coembed.objectives.bridge",
     "llava": "coembed.objectives.bridge",
+    "coca": "coembed.objectives.coca",
+    "blip": "coembed.objectives.blip",
 }
 # Image-only families: the trainer still tokenizes each batch's captions, and their objective ignores them.
 IMAGE_ONLY: frozenset[str] = frozenset({"mae"})

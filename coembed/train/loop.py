@@ -39,6 +39,7 @@ from coembed.eval.suite import zeroshot_task
 from coembed.io import atomic_write_json, atomic_write_text
 from coembed.layers.transformer import Transformer
 from coembed.loading import Loaded, checkpoint_config, default_preprocess, load, tokenizer_section
+from coembed.generation.captions import is_captioner
 from coembed.losses.contrastive import clip_loss
 from coembed.models.families import context_length
 from coembed.models.fusion import FusionHFTextConfig
@@ -46,6 +47,7 @@ from coembed.objectives import FusionBatch
 from coembed.presets import apply_overrides, get_preset, has_setting, new_model
 from coembed.tokenizer import Tokenizer
 from coembed.towers.hf_text import HFTextConfig, read_tokenizer
+from coembed.towers.text_transformer import trim_padding
 from coembed.train.config import TrainConfig
 from coembed.train.distributed import DistEnv, broadcast_state, from_env
 from coembed.train.precision import resolve_precision
@@ -110,6 +112,8 @@ class _Run:
     empty_batches: int = 0  # consecutive batches without one loadable image
     text_cache: TextFeatureCache | None = None  # pooled caption features of a frozen text tower
     objective: Callable[..., dict[str, torch.Tensor]] | None = None  # a fusion family's compute_losses; None: contrastive step
+    # the objective's DEFAULT_WEIGHTS (CoCa's caption weight 2) overridden by cfg.loss_weights
+    loss_weights: dict[str, float] = field(default_factory=dict)
     bf16: bool = False  # cfg.precision resolved for this machine (coembed.train.precision)
     env: DistEnv = field(default_factory=DistEnv)  # this process's rank, world size and device
     stream: list[Path] | None = None  # cfg.train_shards resolved: the tar shards the pairs stream from
@@ -134,7 +138,7 @@ def _new_model(cfg: TrainConfig, captions: Callable[[], Iterator[str]]) -> tuple
     tokenizer = model_cfg.pretrained_tokenizer() if hasattr(model_cfg, "pretrained_tokenizer") else None
     if tokenizer is None:
         tokenizer = Tokenizer.train(captions(), vocab_size=cfg.vocab_size)
-    ids = {f"text.{name}": getattr(tokenizer, name) for name in ("vocab_size", "pad_id", "eot_id", "mask_id")
+    ids = {f"text.{name}": getattr(tokenizer, name) for name in ("vocab_size", "pad_id", "eot_id", "mask_id", "sot_id")
            if getattr(tokenizer, name, None) is not None}
     # A single-stream family (ViLT, VLMo, the causal LM) keeps its text fields at the top level of its
     # config; a bridge also in its LM section.
@@ -240,14 +244,16 @@ def _prepare(cfg: TrainConfig, resume: bool, env: DistEnv) -> _Run:
     steps_per_epoch = data.count // cfg.batch_size
     total = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     family = model.cfg.to_dict()["family"]
-    objective = None if family == "dual_encoder" else objective_module(family).compute_losses
+    module = None if family == "dual_encoder" else objective_module(family)
+    objective = None if module is None else module.compute_losses
+    weights = {**getattr(module, "DEFAULT_WEIGHTS", {}), **cfg.loss_weights}
     if objective is not None and cfg.accum_steps > 1:
         raise ConfigError(f"accum_steps > 1 works for dual encoders; preset {cfg.preset!r} is a {family} model (set accum_steps: 1)")
     precision = resolve_precision(cfg.precision, env.device.type)
     if env.is_main and (cfg.progress or precision.slow):
         print(precision.note, file=sys.stderr, flush=True)
     return _Run(model, tokenizer, optimizer, progress, dataset, _val_split(cfg), total, steps_per_epoch, skipped, objective=objective,
-                bf16=precision.name == "bf16", env=env, stream=data.stream, source=data.source)
+                loss_weights=weights, bf16=precision.name == "bf16", env=env, stream=data.stream, source=data.source)
 
 
 def _check_distributed(cfg: TrainConfig, env: DistEnv) -> None:
@@ -303,7 +309,7 @@ def validate(model: torch.nn.Module, tokenizer: Tokenizer, root: Path, samples: 
         out["val_itm_pair_acc"] = itm_pair_accuracy(model, tokenizer, root, samples)
     if model.cfg.to_dict().get("family") == "mae":
         out["val_mae"] = mae_validation_loss(model, root, samples)
-    if hasattr(model, "caption_logits"):
+    if is_captioner(model):
         out["val_caption_loss"] = caption_validation_loss(model, tokenizer, root, samples)
     return out
 
@@ -613,7 +619,7 @@ def _train_batch(run: _Run, cfg: TrainConfig, out: Path, batch, step: int) -> tu
     try:
         if run.objective is not None:
             fusion = FusionBatch(images, texts, batch.indices.to(device), negatives if negatives is not None and len(negatives) == len(texts) else None)
-            result = fusion_train_step(run.model, run.optimizer, fusion, compute_losses=run.objective, weights=cfg.loss_weights,
+            result = fusion_train_step(run.model, run.optimizer, fusion, compute_losses=run.objective, weights=run.loss_weights,
                                        progress=(step - 1) / run.total_steps, seed=cfg.seed, step=step, bf16=run.bf16,
                                        grad_clip=cfg.grad_clip, attention=cfg.attention_kernel, env=run.env)
         else:
