@@ -43,7 +43,7 @@ from coembed.layers.transformer import Transformer
 from coembed.loading import Loaded, checkpoint_config, default_preprocess, load, tokenizer_section
 from coembed.generation.captions import is_captioner
 from coembed.losses.contrastive import clip_loss
-from coembed.models.families import context_length
+from coembed.models.families import context_length, model_class
 from coembed.models.fusion import FusionHFTextConfig
 from coembed.objectives import FusionBatch
 from coembed.presets import apply_overrides, get_preset, has_setting, new_model
@@ -223,17 +223,17 @@ def _qa_texts(samples: list) -> Iterator[str]:
         yield from s.meta["answers"]
 
 
-def _check_task(cfg: TrainConfig, model: torch.nn.Module) -> None:
-    """A VQA model trains with task 'vqa' and only a VQA model does."""
-    vqa_model = is_vqa_model(model)
+def _check_task(cfg: TrainConfig, family: str) -> None:
+    """A VQA model (a family with a ``vqa_kind``) trains with task 'vqa', and only a VQA model does."""
+    vqa_model = getattr(model_class(family), "vqa_kind", None) is not None
     if vqa_model != (cfg.task == "vqa"):
-        family = model.cfg.to_dict().get("family")
-        raise ConfigError(f"preset {cfg.preset!r} is a {family} model: set task: vqa" if vqa_model else
+        raise ConfigError(f"preset {cfg.preset!r} is a {family} model, which answers questions: set task: vqa" if vqa_model else
                           f"task 'vqa' needs a VQA model (preset vqa-albef-tiny or vqa-blip-tiny); {cfg.preset!r} is a {family} model")
 
 
 def _prepare(cfg: TrainConfig, resume: bool, env: DistEnv) -> _Run:
     torch.manual_seed(cfg.seed)
+    _check_task(cfg, get_preset(cfg.preset).to_dict()["family"])  # a resumed run keeps its preset and task
     data = _training_data(cfg)
     samples, skipped = data.samples, data.skipped
     out = Path(cfg.out)
@@ -246,7 +246,6 @@ def _prepare(cfg: TrainConfig, resume: bool, env: DistEnv) -> _Run:
             summary = warm_start(model, cfg.init_from, cfg.init_prefixes).summary()
             if env.is_main:
                 print(summary, file=sys.stderr, flush=True)
-    _check_task(cfg, model)
     if cfg.hard_negatives and samples is not None and not any(s.meta.get("negatives") for s in samples):
         raise ConfigError(f"hard_negatives is on but no training sample in {data.source} has a 'negatives' list of false captions")
     if cfg.loss == "siglip" and getattr(model, "logit_bias", None) is None:
