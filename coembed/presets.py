@@ -18,6 +18,7 @@ import torch
 from coembed.errors import ConfigError
 from coembed.models.causal_lm import CausalLMConfig, LMConfig
 from coembed.models.blip_captioner import BlipCaptionerConfig, BlipTextConfig
+from coembed.models.blip_vqa import BlipVQAConfig
 from coembed.models.coca import CocaConfig, CocaTextConfig
 from coembed.models.dual_encoder import DualEncoderConfig
 from coembed.models.flamingo import FlamingoConfig
@@ -28,6 +29,7 @@ from coembed.models.llava import LlavaConfig
 from coembed.models.mome import VlmoConfig
 from coembed.models.qformer import QFormerConfig
 from coembed.models.single_stream import ViltConfig
+from coembed.models.vqa_classifier import VQAClassifierConfig
 from coembed.towers.hf_text import HFTextConfig
 from coembed.towers.text_transformer import TextConfig
 from coembed.towers.vit import VisionConfig
@@ -177,15 +179,30 @@ def _blip_tiny() -> BlipCaptionerConfig:
     )
 
 
+def _vqa_albef_tiny() -> VQAClassifierConfig:
+    # `albef-tiny`'s towers and fusion layers with ViLT's answer MLP (width 128 -> 256 -> answers) on
+    # the fused first token; no ITC queue (the VQA objective uses no contrastive term). The trainer
+    # fills `answers` from the training answers (task: vqa) and the vocabulary ids from its BPE.
+    albef = _albef_tiny()
+    return VQAClassifierConfig(embed_dim=albef.embed_dim, vision=albef.vision, text=albef.text, queue_size=0, head_ratio=2.0)
+
+
+def _vqa_blip_tiny() -> BlipVQAConfig:
+    # `blip-tiny`'s image tower and 4-block decoder reading "<sot> question" and generating the answer
+    # (at most 8 tokens; shapes answers are 1-2), BLIP's label smoothing 0.1 on the answer tokens.
+    blip = _blip_tiny()
+    return BlipVQAConfig(vision=blip.vision, text=blip.text, label_smoothing=blip.label_smoothing, max_answer_tokens=8)
+
+
 # name -> a function returning a fresh config of any registered family (its ``to_dict()`` names it).
 _PRESETS: dict[str, Callable[[], Any]] = {
     "albef-minilm": _albef_minilm,
     "albef-tiny": _albef_tiny,
+    "blip-tiny": _blip_tiny,
+    "coca-tiny": _coca_tiny,
     "flamingo-tiny": _flamingo_tiny,
     "llava-tiny": _llava_tiny,
     "lm-tiny": _lm_tiny,
-    "blip-tiny": _blip_tiny,
-    "coca-tiny": _coca_tiny,
     "mae-tiny": _mae_tiny,
     "qformer-tiny": _qformer_tiny,
     "tiny": _tiny,
@@ -195,6 +212,8 @@ _PRESETS: dict[str, Callable[[], Any]] = {
     "vit-b-32": _vit_b_32,
     "vilt-tiny": _vilt_tiny,
     "vlmo-tiny": _vlmo_tiny,
+    "vqa-albef-tiny": _vqa_albef_tiny,
+    "vqa-blip-tiny": _vqa_blip_tiny,
 }
 
 

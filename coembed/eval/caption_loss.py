@@ -19,6 +19,13 @@ from coembed.models.families import context_length
 from coembed.towers.text_transformer import trim_padding
 
 
+def _pad_id(model: torch.nn.Module) -> int:
+    """The padding id a captioning model reads: its own, its config's, or (BLIP, CoCa) its text section's."""
+    if hasattr(model, "pad_id"):
+        return model.pad_id
+    return model.cfg.pad_id if hasattr(model.cfg, "pad_id") else model.cfg.text.pad_id
+
+
 @torch.no_grad()
 def caption_validation_loss(model: torch.nn.Module, tokenizer, root: Path, samples: list, batch_size: int = 64) -> float:
     """Mean next-token loss of the first caption of each of ``samples`` (images under ``root``); NaN if none loads."""
@@ -26,8 +33,7 @@ def caption_validation_loss(model: torch.nn.Module, tokenizer, root: Path, sampl
     loader = DataLoader(ImageFolderDataset(root, [s.image for s in samples], default_preprocess(model)), batch_size=batch_size,
                         collate_fn=collate_images)
     device = next(model.parameters()).device
-    # A bridge knows its LM's padding id; the other captioners pad with the tokenizer's.
-    pad = model.pad_id if hasattr(model, "pad_id") else tokenizer.pad_id
+    pad = _pad_id(model)
     total, count = 0.0, 0
     for batch in loader:
         if batch.images is None:

@@ -25,6 +25,8 @@ FAMILIES: dict[str, str] = {
     "llava": "coembed.models.llava:Llava",
     "coca": "coembed.models.coca:Coca",
     "blip": "coembed.models.blip_captioner:BlipCaptioner",
+    "vqa_classifier": "coembed.models.vqa_classifier:VQAClassifier",
+    "blip_vqa": "coembed.models.blip_vqa:BlipVQA",
 }
 OBJECTIVES: dict[str, str] = {
     "albef": "coembed.objectives.albef",
@@ -37,6 +39,8 @@ OBJECTIVES: dict[str, str] = {
     "llava": "coembed.objectives.bridge",
     "coca": "coembed.objectives.coca",
     "blip": "coembed.objectives.blip",
+    "vqa_classifier": "coembed.objectives.vqa_classifier",
+    "blip_vqa": "coembed.objectives.blip_vqa",
 }
 # Image-only families: the trainer still tokenizes each batch's captions, and their objective ignores them.
 IMAGE_ONLY: frozenset[str] = frozenset({"mae"})

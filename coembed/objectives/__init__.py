@@ -28,9 +28,19 @@ class FusionBatch:
         tokens: ``(B, T)`` caption token ids (padded; the towers trim trailing padding).
         image_ids: ``(B,)`` dataset index of each image: pairs with equal ids show the same image.
         negatives: ``(B, T')`` one hard-negative caption per image from the manifest, or None.
+        answer_scores: VQA training only (``task: vqa``, ``tokens`` are then the questions): ``(B, A)``
+            the VQA accuracy each answer of the model's answer vocabulary would score, for models with
+            one (``cfg.answers``); else None.
+        qa_tokens: VQA training only: ``(B, T'')`` ``<sot> question answer <eot>`` rows for generative
+            answerers; else None.
+        answer_mask: ``(B, T'')`` True where ``qa_tokens`` holds an answer token or its ``<eot>`` (the
+            only positions a generative answerer is scored on); None with ``qa_tokens``.
     """
 
     images: torch.Tensor
     tokens: torch.Tensor
     image_ids: torch.Tensor
     negatives: torch.Tensor | None = None
+    answer_scores: torch.Tensor | None = None
+    qa_tokens: torch.Tensor | None = None
+    answer_mask: torch.Tensor | None = None

@@ -15,6 +15,7 @@ from coembed.errors import ConfigError
 from coembed.layers.kernels import ATTENTION_KERNELS
 from coembed.train.precision import PRECISIONS
 
+TASKS = ("caption", "vqa")
 LOSSES = ("clip", "siglip", "triplet")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -27,6 +28,9 @@ class TrainConfig:
     out: str
     preset: str = "tiny"
     model: dict[str, Any] = field(default_factory=dict)  # dotted overrides of the preset
+    # "caption": image-caption pairs from each split's manifest; "vqa": question-answer pairs from each
+    # split's vqa.jsonl (`coembed data vqa`), the question as the text and the answers carried along.
+    task: str = "caption"
     loss: str = "clip"  # the dual encoder's objective; fusion families use their own (coembed.objectives)
     loss_weights: dict[str, float] = field(default_factory=dict)  # fusion families: weight per loss term (1 when absent)
     hard_negatives: bool = False  # NegCLIP: add each sample's manifest "negatives" captions to the softmax
@@ -76,6 +80,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self._check_types()
         checks = [
+            (self.task in TASKS, f"task must be one of {TASKS}, got {self.task!r}"),
+            (self.task == "caption" or not (self.train_shards or self.hard_negatives or self.captions_per_image),
+             "task 'vqa' reads the train split's vqa.jsonl: train_shards, hard_negatives and captions_per_image do not apply"),
             (self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"),
             (self.device in DEVICES, f"device must be one of {DEVICES}, got {self.device!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
@@ -162,7 +169,7 @@ def _name_list(field_name: str, value: Any, what: str) -> list[str] | None:
     return list(value)
 
 
-_STR_FIELDS = ("data", "out", "preset", "loss", "precision", "attention_kernel", "device")
+_STR_FIELDS = ("data", "out", "preset", "task", "loss", "precision", "attention_kernel", "device")
 _INT_FIELDS = ("batch_size", "max_steps", "captions_per_image", "warmup_steps", "workers", "seed", "vocab_size", "log_every", "val_every",
                "save_every", "val_samples", "loss_chunk_size", "accum_steps", "shard_shuffle")
 _FLOAT_FIELDS = ("epochs", "lr", "weight_decay", "eps", "grad_clip")

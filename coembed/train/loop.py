@@ -31,17 +31,19 @@ from coembed.checkpoint import CHECKPOINT_DIR, resolve
 from coembed.data import shards
 from coembed.data.datasets import ImageFolderDataset, ImageTextDataset, SkipReport, collate_image_text, collate_images, read_samples
 from coembed.data.splits import split_root
+from coembed.data.vqa_pairs import answer_scores, answer_vocabulary, qa_tokens, target_answer, vqa_samples
 from coembed.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from coembed.eval.caption_loss import caption_validation_loss
 from coembed.eval.features import embed_split
 from coembed.eval.retrieval import retrieval_metrics
 from coembed.eval.suite import zeroshot_task
+from coembed.eval.vqa_answer import is_vqa_model, vqa_split_accuracy
 from coembed.io import atomic_write_json, atomic_write_text
 from coembed.layers.transformer import Transformer
 from coembed.loading import Loaded, checkpoint_config, default_preprocess, load, tokenizer_section
 from coembed.generation.captions import is_captioner
 from coembed.losses.contrastive import clip_loss
-from coembed.models.families import context_length
+from coembed.models.families import context_length, model_class
 from coembed.models.fusion import FusionHFTextConfig
 from coembed.objectives import FusionBatch
 from coembed.presets import apply_overrides, get_preset, has_setting, new_model
@@ -58,7 +60,7 @@ from coembed.train.text_cache import CACHE_FILE, TextFeatureCache, load_or_build
 from coembed.train.warm_start import warm_start
 
 # Settings a resumed run must share with the run it continues (others, like log_every, may change).
-RESUME_INVARIANTS = ("data", "preset", "model", "init_from", "init_prefixes", "loss", "hard_negatives", "negative_types", "batch_size", "epochs", "max_steps", "lr", "weight_decay",
+RESUME_INVARIANTS = ("data", "task", "preset", "model", "init_from", "init_prefixes", "loss", "hard_negatives", "negative_types", "batch_size", "epochs", "max_steps", "lr", "weight_decay",
                      "warmup_steps", "seed", "precision", "captions_per_image", "loss_weights", "train_shards", "shard_shuffle",
                      "shard_resampled")
 TOKENIZER_CAPTIONS = 100_000  # captions a BPE vocabulary is trained on when the pairs stream from shards
@@ -117,6 +119,7 @@ class _Run:
     env: DistEnv = field(default_factory=DistEnv)  # this process's rank, world size and device
     stream: list[Path] | None = None  # cfg.train_shards resolved: the tar shards the pairs stream from
     source: str = ""  # where the training pairs come from, for messages
+    task: str = "caption"  # cfg.task: "vqa" trains and validates on question-answer pairs
 
 
 def _worker_init(_: int) -> None:
@@ -124,9 +127,11 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _new_model(cfg: TrainConfig, captions: Callable[[], Iterator[str]]) -> tuple[torch.nn.Module, Tokenizer]:
-    """A fresh model and its tokenizer: a BPE vocabulary trained on the captions, or a Hugging Face
-    text tower's own tokenizer (and pretrained weights)."""
+def _new_model(cfg: TrainConfig, captions: Callable[[], Iterator[str]],
+               answers: tuple[str, ...] | None = None) -> tuple[torch.nn.Module, Tokenizer]:
+    """A fresh model and its tokenizer: a BPE vocabulary trained on the captions (with ``task: vqa``,
+    the questions and answers), or a Hugging Face text tower's own tokenizer (and pretrained weights).
+    ``answers``: the training answer vocabulary, given to a model whose config has ``answers``."""
     model_cfg = apply_overrides(get_preset(cfg.preset), cfg.model)
     if isinstance(getattr(model_cfg, "text", None), (HFTextConfig, FusionHFTextConfig)):
         tokenizer = read_tokenizer(model_cfg.text)
@@ -143,6 +148,8 @@ def _new_model(cfg: TrainConfig, captions: Callable[[], Iterator[str]]) -> tuple
     # config; a bridge also in its LM section.
     named = {name: v for k, v in ids.items() for name in (k, k.removeprefix("text."), "lm." + k.removeprefix("text."))
              if has_setting(model_cfg, name)}
+    if answers is not None and has_setting(model_cfg, "answers"):
+        named["answers"] = list(answers)
     overrides = {**named, **cfg.model}
     return new_model(apply_overrides(get_preset(cfg.preset), overrides)), tokenizer
 
@@ -193,6 +200,10 @@ def _training_data(cfg: TrainConfig) -> _TrainingData:
         count = shards.count_samples(stream)
         data = _TrainingData(None, stream, count, SkipReport(), cfg.train_shards,
                              lambda: iter(shards.shard_captions(stream, TOKENIZER_CAPTIONS)))
+    elif cfg.task == "vqa":
+        train_dir = split_root(cfg.data, "train")
+        samples = vqa_samples(train_dir)
+        data = _TrainingData(samples, None, len(samples), SkipReport(), str(train_dir), lambda: _qa_texts(samples))
     else:
         train_dir = split_root(cfg.data, "train")
         samples, skipped = read_samples(train_dir)
@@ -204,15 +215,32 @@ def _training_data(cfg: TrainConfig) -> _TrainingData:
     return data
 
 
+def _qa_texts(samples: list) -> Iterator[str]:
+    """What a VQA run's BPE vocabulary is trained on: each question and its answers."""
+    for s in samples:
+        yield s.captions[0]
+        yield from s.meta["answers"]
+
+
+def _check_task(cfg: TrainConfig, family: str) -> None:
+    """A VQA model (a family with a ``vqa_kind``) trains with task 'vqa', and only a VQA model does."""
+    vqa_model = getattr(model_class(family), "vqa_kind", None) is not None
+    if vqa_model != (cfg.task == "vqa"):
+        raise ConfigError(f"preset {cfg.preset!r} is a {family} model, which answers questions: set task: vqa" if vqa_model else
+                          f"task 'vqa' needs a VQA model (preset vqa-albef-tiny or vqa-blip-tiny); {cfg.preset!r} is a {family} model")
+
+
 def _prepare(cfg: TrainConfig, resume: bool, env: DistEnv) -> _Run:
     torch.manual_seed(cfg.seed)
+    _check_task(cfg, get_preset(cfg.preset).to_dict()["family"])  # a resumed run keeps its preset and task
     data = _training_data(cfg)
     samples, skipped = data.samples, data.skipped
     out = Path(cfg.out)
     if resume:
         model, _, tokenizer = load(resolve(out / CHECKPOINT_DIR))
     else:
-        model, tokenizer = _new_model(cfg, data.captions)
+        answers = answer_vocabulary(samples) if cfg.task == "vqa" else None
+        model, tokenizer = _new_model(cfg, data.captions, answers)
         if cfg.init_from:
             summary = warm_start(model, cfg.init_from, cfg.init_prefixes).summary()
             if env.is_main:
@@ -252,7 +280,7 @@ def _prepare(cfg: TrainConfig, resume: bool, env: DistEnv) -> _Run:
     if env.is_main and (cfg.progress or precision.slow):
         print(precision.note, file=sys.stderr, flush=True)
     return _Run(model, tokenizer, optimizer, progress, dataset, _val_split(cfg), total, steps_per_epoch, skipped, objective=objective,
-                loss_weights=weights, bf16=precision.name == "bf16", env=env, stream=data.stream, source=data.source)
+                loss_weights=weights, bf16=precision.name == "bf16", env=env, stream=data.stream, source=data.source, task=cfg.task)
 
 
 def _check_distributed(cfg: TrainConfig, env: DistEnv) -> None:
@@ -271,6 +299,8 @@ def _val_split(cfg: TrainConfig) -> tuple[Path, list, dict | None] | None:
     root = split_root(cfg.data, "val", required=False)
     if root is None or cfg.val_samples == 0:
         return None
+    if cfg.task == "vqa":
+        return root, vqa_samples(root)[: cfg.val_samples], None
     samples, _ = read_samples(root)
     return root, samples[: cfg.val_samples], _zeroshot_spec(cfg.data)
 
@@ -295,12 +325,16 @@ def _loader(run: _Run, cfg: TrainConfig, epoch: int, start: int) -> DataLoader:
 
 @torch.no_grad()
 def validate(model: torch.nn.Module, tokenizer: Tokenizer, root: Path, samples: list,
-             zeroshot: dict[str, tuple[list[str], list[str]]] | None = None) -> dict[str, float]:
-    """Validation on the val split: for models with ``encode_image`` the CLIP loss over first captions,
+             zeroshot: dict[str, tuple[list[str], list[str]]] | None = None, *, task: str = "caption") -> dict[str, float]:
+    """Validation on the val split. With ``task`` "vqa" (``samples`` from
+    :func:`coembed.data.vqa_pairs.vqa_samples`): ``val_vqa_acc`` and ``val_vqa_acc/<type>`` only. Else, for models with ``encode_image`` the CLIP loss over first captions,
     R@1 both ways and, with ``zeroshot`` (attribute -> (class names, templates)), zero-shot top-1 per
     attribute; for models with ``itm_logits`` also the ITM pair accuracy (:func:`itm_pair_accuracy`); for
     captioners (``caption_logits``) the first captions' next-token loss (:func:`caption_validation_loss`)."""
     model.eval()
+    if task == "vqa":
+        result, _ = vqa_split_accuracy(model, tokenizer, root, samples)
+        return {"val_vqa_acc": result.overall, **{f"val_vqa_acc/{t}": a for t, a in result.per_type.items()}}
     out: dict[str, float] = {}
     if hasattr(model, "encode_image"):
         out.update(_validate_contrastive(model, tokenizer, root, samples, zeroshot))
@@ -601,7 +635,7 @@ def _validate_on_main(run: _Run, log: MetricsLog | None, step: int) -> None:
     """Validation by rank 0 (the others wait): the metrics land in ``run.progress`` and the log."""
     if run.env.is_main:
         start = time.perf_counter()
-        run.progress.last_val = validate(run.model, run.tokenizer, *run.val)
+        run.progress.last_val = validate(run.model, run.tokenizer, *run.val, task=run.task)
         log.write({"step": step, "time": round(time.time(), 3), "val_s": round(time.perf_counter() - start, 3), **run.progress.last_val})
     run.env.barrier()
 
@@ -617,7 +651,8 @@ def _train_batch(run: _Run, cfg: TrainConfig, out: Path, batch, step: int) -> tu
     negatives = negatives.to(device, non_blocking=True) if negatives is not None else None
     try:
         if run.objective is not None:
-            fusion = FusionBatch(images, texts, batch.indices.to(device), negatives if negatives is not None and len(negatives) == len(texts) else None)
+            fusion = FusionBatch(images, texts, batch.indices.to(device), negatives if negatives is not None and len(negatives) == len(texts) else None,
+                                 **(_vqa_fields(run, batch, device) if run.task == "vqa" else {}))
             result = fusion_train_step(run.model, run.optimizer, fusion, compute_losses=run.objective, weights=run.loss_weights,
                                        progress=(step - 1) / run.total_steps, seed=cfg.seed, step=step, bf16=run.bf16,
                                        grad_clip=cfg.grad_clip, attention=cfg.attention_kernel, env=run.env)
@@ -631,6 +666,17 @@ def _train_batch(run: _Run, cfg: TrainConfig, out: Path, batch, step: int) -> tu
         where = f"the last good checkpoint {kept} (step {_saved_step(kept)}) is kept" if kept.exists() else "no checkpoint had been written yet"
         raise TrainingDiverged(f"{e} (lr {lr:.3g}); {where}. Try a lower lr, grad_clip, or precision=fp32.") from None
     return result, lr
+
+
+def _vqa_fields(run: _Run, batch, device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's answers for a VQA objective: soft scores over a classifier's ``cfg.answers``, or the
+    ``<sot> question answer <eot>`` rows and answer mask of a generative answerer."""
+    rows = [run.dataset.samples[i] for i in batch.indices.tolist()]
+    vocabulary = getattr(run.model.cfg, "answers", None)
+    if vocabulary is not None:
+        return {"answer_scores": answer_scores([s.meta["answers"] for s in rows], vocabulary).to(device)}
+    tokens, mask = qa_tokens(run.tokenizer, batch.captions, [target_answer(s.meta["answers"]) for s in rows], context_length(run.model))
+    return {"qa_tokens": tokens.to(device), "answer_mask": mask.to(device)}
 
 
 def _text_inputs(run: _Run, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
