@@ -109,3 +109,20 @@ def assert_same_runs(ref: Path, run: Path) -> None:
     assert lines[0] == lines[1]
     want, got = (read_tensors(r / "checkpoint" / "model.safetensors") for r in (ref, run))
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+# The VQA presets at a size that trains a step in well under a second (tests/train, tests/eval).
+VQA_SMALL_VISION = {"vision.layers": 1, "vision.width": 32, "vision.heads": 2, "vision.stem": "patch"}
+VQA_SMALL = {
+    "vqa-albef-tiny": {**VQA_SMALL_VISION, "embed_dim": 32, "text.width": 32, "text.layers": 1, "text.fusion_layers": 1},
+    "vqa-blip-tiny": {**VQA_SMALL_VISION, "text.width": 32, "text.layers": 1},
+}
+
+
+def copy_with_vqa(shapes_data: Path, root: Path, questions_per_image: int) -> Path:
+    """A copy of ``shapes_data`` at ``root`` with SPLIT/vqa.jsonl written (seed 0)."""
+    from coembed.data.synthetic.vqa import write_vqa
+
+    shutil.copytree(shapes_data, root)
+    write_vqa(root, questions_per_image=questions_per_image, seed=0)
+    return root

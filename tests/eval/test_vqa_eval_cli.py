@@ -5,32 +5,24 @@ vqa.jsonl is a one-line error."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 import coembed
 from coembed.cli.main import main
-from coembed.data.synthetic.vqa import write_vqa
 from coembed.data.vqa_pairs import vqa_samples
 from coembed.eval.vqa_answer import vqa_split_accuracy
 from coembed.train.config import TrainConfig
 from coembed.train.loop import train
+from tests.helpers import VQA_SMALL, copy_with_vqa
 
-SMALL_VISION = {"vision.layers": 1, "vision.width": 32, "vision.heads": 2, "vision.stem": "patch"}
-SMALL = {
-    "vqa-albef-tiny": {**SMALL_VISION, "embed_dim": 32, "text.width": 32, "text.layers": 1, "text.fusion_layers": 1},
-    "vqa-blip-tiny": {**SMALL_VISION, "text.width": 32, "text.layers": 1},
-}
+SMALL = VQA_SMALL
 
 
 @pytest.fixture(scope="module")
 def vqa_data(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("vqa") / "shapes"
-    shutil.copytree(shapes_data, root)
-    write_vqa(root, questions_per_image=2, seed=0)
-    return root
+    return copy_with_vqa(shapes_data, tmp_path_factory.mktemp("vqa") / "shapes", questions_per_image=2)
 
 
 @pytest.fixture(scope="module")

@@ -5,34 +5,25 @@ along), stores the training answer vocabulary in a classifier's config, validate
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 import coembed
-from coembed.data.synthetic.vqa import write_vqa
 from coembed.data.vqa_pairs import answer_vocabulary, vqa_samples
 from coembed.errors import ConfigError, DataError
 from coembed.eval.vqa_answer import vqa_split_accuracy
 from coembed.train.config import TrainConfig
 from coembed.train.loop import train
-from tests.helpers import assert_same_runs, interrupt_then_resume
+from tests.helpers import VQA_SMALL, assert_same_runs, copy_with_vqa, interrupt_then_resume
 
-SMALL_VISION = {"vision.layers": 1, "vision.width": 32, "vision.heads": 2, "vision.stem": "patch"}
-SMALL = {
-    "vqa-albef-tiny": {**SMALL_VISION, "embed_dim": 32, "text.width": 32, "text.layers": 1, "text.fusion_layers": 1},
-    "vqa-blip-tiny": {**SMALL_VISION, "text.width": 32, "text.layers": 1},
-}
+SMALL = VQA_SMALL
 
 
 @pytest.fixture(scope="module")
 def vqa_data(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of ``shapes_data`` with SPLIT/vqa.jsonl (3 questions per image)."""
-    root = tmp_path_factory.mktemp("vqa") / "shapes"
-    shutil.copytree(shapes_data, root)
-    write_vqa(root, questions_per_image=3, seed=0)
-    return root
+    return copy_with_vqa(shapes_data, tmp_path_factory.mktemp("vqa") / "shapes", questions_per_image=3)
 
 
 def _cfg(data: Path, out: Path, preset: str, **kw) -> TrainConfig:
