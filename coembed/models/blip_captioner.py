@@ -22,39 +22,17 @@ import torch
 from torch import nn
 
 from coembed.layers.cross_attention import DecoderBlock, init_clip_block
+from coembed.models.caption_text import CaptionTextConfig
 from coembed.models.fusion import MlmHead
 from coembed.towers.vit import VisionConfig, VisionTransformer
 
 
 @dataclass(kw_only=True)
-class BlipTextConfig:
-    """The text decoder's shape, token ids and head."""
+class BlipTextConfig(CaptionTextConfig):
+    """The text decoder's shape, token ids (``sot_id`` is BLIP's [DEC], the first token of every caption) and head."""
 
-    vocab_size: int = 1024
-    context_length: int = 48
-    width: int = 128
-    heads: int = 2
     layers: int = 4
-    mlp_ratio: float = 4.0
-    pad_id: int = 0
-    sot_id: int = 1  # BLIP's [DEC]: the first token of every caption
-    eot_id: int = 2
     tie_embeddings: bool = True  # the LM head's projection is the word-embedding matrix (BLIP, BERT)
-    ln_eps: float = 1e-5
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "width", "heads", "layers"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"text.{name} must be positive, got {getattr(self, name)}")
-        if self.context_length < 2:
-            raise ValueError(f"text.context_length must be >= 2 (room for <sot> and <eot>), got {self.context_length}")
-        if self.width % self.heads:
-            raise ValueError(f"text.width ({self.width}) must be divisible by text.heads ({self.heads})")
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"text.mlp_ratio must be positive, got {self.mlp_ratio}")
-        for name in ("pad_id", "sot_id", "eot_id"):
-            if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ValueError(f"text.{name} must be in [0, vocab_size={self.vocab_size}), got {getattr(self, name)}")
 
 
 @dataclass(kw_only=True)
