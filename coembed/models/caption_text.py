@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from coembed.layers.transformer import check_text_shape
+
 ID_FIELDS = ("pad_id", "sot_id", "eot_id")
 
 
@@ -29,15 +31,4 @@ class CaptionTextConfig:
     _positive = ("vocab_size", "width", "heads", "layers")
 
     def __post_init__(self) -> None:
-        for name in self._positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"text.{name} must be positive, got {getattr(self, name)}")
-        if self.context_length < 2:
-            raise ValueError(f"text.context_length must be >= 2 (room for <sot> and <eot>), got {self.context_length}")
-        if self.width % self.heads:
-            raise ValueError(f"text.width ({self.width}) must be divisible by text.heads ({self.heads})")
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"text.mlp_ratio must be positive, got {self.mlp_ratio}")
-        for name in ID_FIELDS:
-            if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ValueError(f"text.{name} must be in [0, vocab_size={self.vocab_size}), got {getattr(self, name)}")
+        check_text_shape(self, self._positive, ID_FIELDS)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from coembed.layers.cross_attention import CrossModalBlock
-from coembed.layers.transformer import Transformer
+from coembed.layers.transformer import Transformer, check_text_shape
 from coembed.towers.bert import BertConfig, BertModel, load_bert_weights
 from coembed.towers.hf_text import bert_config, mean_pool, resolve_folder
 from coembed.towers.text_transformer import trim_padding
@@ -54,20 +54,9 @@ class FusionTextConfig:
 
     def __post_init__(self) -> None:
         self.special_ids = tuple(int(i) for i in self.special_ids)
-        for name in ("vocab_size", "context_length", "width", "heads", "fusion_layers"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"text.{name} must be positive, got {getattr(self, name)}")
-        if self.context_length < 2:
-            raise ValueError(f"text.context_length must be >= 2 (room for <sot> and <eot>), got {self.context_length}")
+        check_text_shape(self, ("vocab_size", "context_length", "width", "heads", "fusion_layers"), ("pad_id", "eot_id", "mask_id"))
         if self.layers < 0:
             raise ValueError(f"text.layers must be >= 0, got {self.layers}")
-        if self.width % self.heads:
-            raise ValueError(f"text.width ({self.width}) must be divisible by text.heads ({self.heads})")
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"text.mlp_ratio must be positive, got {self.mlp_ratio}")
-        for name in ("pad_id", "eot_id", "mask_id"):
-            if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ValueError(f"text.{name} must be in [0, vocab_size={self.vocab_size}), got {getattr(self, name)}")
 
 
 # BERT WordPiece specials: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103 (MiniLM, BERT, BGE).
