@@ -1,9 +1,11 @@
-"""The figures of benchmarks/capfilt_shapes.sh: the filter's precision / recall against the recorded
-corruption (at the run's threshold and a sweep, re-thresholding the saved scores), the CapFilt counts,
-how often a synthetic caption is one of the image's true captions, and test R@1 of the dual encoder
-trained on the noisy vs the cleaned set.
+"""The figures of benchmarks/capfilt_shapes.sh: per CapFilt output (ARM, a folder OUT/ARM/train), the
+filter's ROC AUC and precision / recall against the recorded corruption of the noisy training captions (at
+the run's threshold and a sweep, re-thresholding the saved scores), how its threshold was chosen, the
+CapFilt counts, how often a synthetic caption is one of the image's true captions; then test R@1 of the
+dual encoder trained on the uncorrupted, the noisy and each cleaned set (OUT/tiny-ARM.eval.json).
 
-Usage: python benchmarks/capfilt_report.py OUT   (OUT as given to capfilt_shapes.sh)
+Usage: python benchmarks/capfilt_report.py OUT [ARM ...]   (OUT as given to capfilt_shapes.sh; ARM
+defaults to clean-filter)
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from coembed.data.corrupt import corruption_truth
 SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def web_scores(out: Path) -> list[tuple[bool, float]]:
+def web_scores(out: Path, arm: str) -> list[tuple[bool, float]]:
     """(corrupted, ITM score) of every web caption CapFilt scored, joined with the corruption's truth."""
     noisy = out / "noisy" / "train"
     truth = corruption_truth(noisy)
     rows = []
-    for text in (out / "clean" / "train" / SCORES_FILE).read_text().splitlines()[1:]:
+    for text in (out / arm / "train" / SCORES_FILE).read_text().splitlines()[1:]:
         record = json.loads(text)
         image = os.path.realpath(noisy / record["image"])
         rows += [(truth[(image, c["text"])], c["score"]) for c in record.get("captions", []) if c["origin"] == "web"]
@@ -40,14 +42,14 @@ def precision_recall(rows: list[tuple[bool, float]], threshold: float) -> dict[s
             "clean_kept": sum(not bad and score >= threshold for bad, score in rows) / max(1, len(rows) - corrupted)}
 
 
-def synthetic_exact(out: Path) -> tuple[int, int]:
+def synthetic_exact(out: Path, arm: str) -> tuple[int, int]:
     """(synthetic captions that are exactly one of their image's true captions, synthetic captions)."""
     noisy = out / "noisy" / "train"
     own = {}
     for line in map(json.loads, (noisy / "captions.jsonl").read_text().splitlines()):
         own[line["image"]] = set(line.get("original_captions", line["captions"]))
     hits = total = 0
-    for record in map(json.loads, (out / "clean" / "train" / SCORES_FILE).read_text().splitlines()[1:]):
+    for record in map(json.loads, (out / arm / "train" / SCORES_FILE).read_text().splitlines()[1:]):
         for c in record.get("captions", []):
             if c["origin"] == "synthetic":
                 total += 1
@@ -70,27 +72,42 @@ def recall_at_1(path: Path) -> dict[str, float]:
     return found
 
 
-def main(out: Path) -> None:
-    rows = web_scores(out)
-    report = json.loads((out / "clean" / "train" / REPORT_FILE).read_text())
+def arm_report(out: Path, arm: str) -> None:
+    """The filter's figures and the CapFilt counts of one cleaned set."""
+    rows = web_scores(out, arm)
+    report = json.loads((out / arm / "train" / REPORT_FILE).read_text())
     good, bad = [s for b, s in rows if not b], [s for b, s in rows if b]
     auc = sum((g > x) + 0.5 * (g == x) for g in good for x in bad) / max(1, len(good) * len(bad))
-    print(f"web captions scored: {len(rows)}, corrupted: {len(bad)}; mean ITM score clean {sum(good) / len(good):.3f}, "
+    print(f"## {arm}\nweb captions scored: {len(rows)}, corrupted: {len(bad)}; mean ITM score intact {sum(good) / len(good):.3f}, "
           f"corrupted {sum(bad) / len(bad):.3f}; ROC AUC of the score separating them {auc:.3f}")
-    print("\n| threshold | web dropped | precision | recall | clean web kept |\n|---|---|---|---|---|")
+    calibration = report.get("calibration")
+    if calibration:
+        print(f"threshold {calibration['threshold']:.4f} chosen on {calibration['source']}: accuracy {calibration['accuracy']:.3f}, "
+              f"precision {calibration['precision']:.3f}, recall {calibration['recall']:.3f}, AUC {calibration['auc']:.3f} "
+              f"({calibration['captions']} captions, {calibration['corrupted']} corrupted)")
+    run = precision_recall(rows, report["threshold"])
+    accuracy = sum((s < report["threshold"]) == b for b, s in rows) / len(rows)
+    print(f"on the noisy training captions at threshold {report['threshold']:.4f}: accuracy {accuracy:.3f}, dropped {run['dropped']}, "
+          f"precision {run['precision']:.3f}, recall {run['recall']:.3f}, intact web kept {run['clean_kept']:.3f}")
+    print("\n| threshold | web dropped | precision | recall | intact web kept |\n|---|---|---|---|---|")
     for t in SWEEP:
         m = precision_recall(rows, t)
-        mark = " (run)" if t == report["threshold"] else ""
-        print(f"| {t:g}{mark} | {m['dropped']} | {m['precision']:.3f} | {m['recall']:.3f} | {m['clean_kept']:.3f} |")
-    hits, total = synthetic_exact(out)
-    print(f"\nsynthetic captions that are exactly one of the image's true captions: {hits} / {total}")
+        print(f"| {t:g} | {m['dropped']} | {m['precision']:.3f} | {m['recall']:.3f} | {m['clean_kept']:.3f} |")
+    hits, total = synthetic_exact(out, arm)
+    if total:
+        print(f"\nsynthetic captions that are exactly one of the image's true captions: {hits} / {total}")
     print(f"CapFilt report: images kept {report['images_kept']} / {report['images_in']}; "
-          f"captions {json.dumps(report['captions'])}")
-    for name in ("tiny-oracle", "tiny-noisy", "tiny-clean"):
+          f"captions {json.dumps(report['captions'])}\n")
+
+
+def main(out: Path, arms: list[str]) -> None:
+    for arm in arms:
+        arm_report(out, arm)
+    for name in ("tiny-oracle", "tiny-noisy", *(f"tiny-{arm}" for arm in arms)):
         path = out / f"{name}.eval.json"
         if path.exists():
             print(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in recall_at_1(path).items()))
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), sys.argv[2:] or ["clean-filter"])

@@ -129,8 +129,12 @@ def _register_capfilt(data_sub: argparse._SubParsersAction) -> None:
     cf.add_argument("--filter", required=True, metavar="RUN", help="ITM checkpoint or run folder (a fusion family)")
     cf.add_argument("--synthetic", type=non_negative_int, default=1, metavar="K",
                     help="synthetic captions per image (default 1)")
-    cf.add_argument("--threshold", type=_probability_or_zero, default=0.5,
-                    help="keep captions with ITM match probability >= this (default 0.5)")
+    cf.add_argument("--threshold", type=_threshold, default=0.5,
+                    help="keep captions with ITM match probability >= this (default 0.5, BLIP's rule), or 'auto': the "
+                         "threshold with the best accuracy on --calibrate's corrupted captions")
+    cf.add_argument("--calibrate", metavar="DIR",
+                    help="with --threshold auto: a set with known corruption (`coembed data corrupt` of a clean val split) "
+                         "the filter scores first to choose the threshold")
     cf.add_argument("--top-p", type=_probability, default=0.9, help="nucleus mass of the captioner's sampling (default 0.9)")
     cf.add_argument("--max-length", type=positive_int, default=32,
                     help="tokens per synthetic caption, <sot>/<eot> included (default 32)")
@@ -139,6 +143,10 @@ def _register_capfilt(data_sub: argparse._SubParsersAction) -> None:
     cf.add_argument("--json", action="store_true", help="print the report as JSON")
     cf.add_argument("--no-progress", action="store_true", help="no progress bar")
     cf.set_defaults(func=run_capfilt)
+
+
+def _threshold(text: str) -> float | str:
+    return "auto" if text == "auto" else _probability_or_zero(text)
 
 
 def _probability_or_zero(text: str) -> float:
@@ -157,11 +165,13 @@ def run_capfilt(args: argparse.Namespace) -> int:
 
     if args.synthetic and args.captioner is None:
         raise ConfigError("--captioner is required unless --synthetic 0 (the captioner writes the synthetic captions)")
+    if (args.threshold == "auto") != (args.calibrate is not None):
+        raise ConfigError("--threshold auto needs --calibrate DIR (a corrupted val split), and --calibrate needs --threshold auto")
     cfg = CapFiltConfig(synthetic=args.synthetic, threshold=args.threshold, top_p=args.top_p, max_length=args.max_length,
                         batch_size=args.batch_size, seed=args.seed)
     try:
         report = capfilt(args.src, args.out, args.captioner, args.filter, cfg,
-                         progress=None if args.no_progress else progress_callback("capfilt"))
+                         progress=None if args.no_progress else progress_callback("capfilt"), calibrate_dir=args.calibrate)
     except ConfigError as e:
         raise ConfigError(str(e).replace("max_length", "--max-length")) from None
     if args.json:

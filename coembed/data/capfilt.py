@@ -33,13 +33,14 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from coembed.data.corrupt import corruption_truth
 from coembed.data.datasets import MANIFEST_JSONL, Sample, read_samples
 from coembed.data.filters import _check_folders, _output_image
 from coembed.errors import CheckpointError, DataError
@@ -48,6 +49,7 @@ from coembed.transforms import ImageLoadError, load_image
 
 ORIGINS = ("web", "synthetic")
 SCORES_FILE = "capfilt_scores.jsonl"
+AUTO = "auto"  # CapFiltConfig.threshold: calibrate it on a corrupted set with a known truth
 REPORT_FILE = "capfilt_report.json"
 EXAMPLES = 5
 
@@ -63,7 +65,8 @@ class CapFiltConfig:
 
     Attributes:
         synthetic: synthetic captions written per image (BLIP: 1); 0 only filters the web captions.
-        threshold: keep a caption whose ITM match probability is >= this (BLIP: the ITM head's argmax, 0.5).
+        threshold: keep a caption whose ITM match probability is >= this (BLIP: the ITM head's argmax, 0.5), or
+            ``"auto"``: the threshold that classifies a corrupted calibration set best (:func:`choose_threshold`).
         top_p: nucleus mass of the captioner's sampling (BLIP: 0.9).
         max_length: tokens per synthetic caption, ``<sot>`` and ``<eot>`` included.
         batch_size: images per captioning / scoring batch (also the unit of resuming).
@@ -71,7 +74,7 @@ class CapFiltConfig:
     """
 
     synthetic: int = 1
-    threshold: float = 0.5
+    threshold: float | str = 0.5
     top_p: float = 0.9
     max_length: int = 32
     batch_size: int = 32
@@ -82,8 +85,8 @@ class CapFiltConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not _number(self.threshold) or not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be a number in [0, 1], got {self.threshold!r}")
+        if self.threshold != AUTO and (not _number(self.threshold) or not 0.0 <= self.threshold <= 1.0):
+            raise ValueError(f"threshold must be a number in [0, 1] or {AUTO!r}, got {self.threshold!r}")
         if not _number(self.top_p) or not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
 
@@ -106,6 +109,7 @@ class CapFiltReport:
         skipped_lines: manifest skip category -> count (lines read_samples could not use).
         resumed_images: images whose scores came from an earlier, interrupted run.
         manifest: the written manifest.
+        calibration: how an ``"auto"`` threshold was chosen (:meth:`Calibration.to_dict`), else None.
     """
 
     images_in: int = 0
@@ -117,6 +121,7 @@ class CapFiltReport:
     skipped_lines: dict[str, int] = field(default_factory=dict)
     resumed_images: int = 0
     manifest: str = ""
+    calibration: dict[str, Any] | None = None
 
     def count(self, origin: str, outcome: str) -> None:
         counts = self.captions[origin]
@@ -134,6 +139,10 @@ class CapFiltReport:
     def table(self) -> str:
         """Plain text: kept images, then one row per origin with its counts per outcome."""
         rows = [f"kept {self.images_kept} of {self.images_in} images (ITM threshold {self.threshold:g}) -> {self.manifest}"]
+        if self.calibration:
+            c = self.calibration
+            rows.append(f"threshold chosen on {c['source']}: accuracy {c['accuracy']:.3f} on {c['captions']} captions "
+                        f"({c['corrupted']} corrupted); dropped = corrupted: precision {c['precision']:.3f}, recall {c['recall']:.3f}")
         outcomes = ["in", "kept"] + sorted({k for c in self.captions.values() for k in c} - {"in", "kept"})
         rows.append(f"{'captions':<10}" + "".join(f"{o:>17}" for o in outcomes))
         for origin, counts in self.captions.items():
@@ -204,6 +213,108 @@ def score_batch(root: Path, samples: Sequence[Sample], start: int, captioner: Ca
     return records
 
 
+# ----------------------------------------------------------------------------- choosing the threshold
+@dataclass
+class Calibration:
+    """A threshold chosen on a calibration set with a known truth (``coembed data corrupt``), and how well
+    the filter's scores separated its intact from its corrupted captions.
+
+    Attributes:
+        source: the calibration folder.
+        threshold: the chosen threshold.
+        captions: captions scored.
+        corrupted: of which corrupted.
+        accuracy: share of captions whose decision is right at ``threshold`` (intact kept, corrupted dropped).
+        precision: of the dropped captions, the share that was corrupted.
+        recall: of the corrupted captions, the share dropped.
+        auc: ROC AUC of the score separating intact (higher) from corrupted captions; 0.5 is chance.
+    """
+
+    source: str
+    threshold: float
+    captions: int
+    corrupted: int
+    accuracy: float
+    precision: float
+    recall: float
+    auc: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose_threshold(scores: Sequence[float], corrupted: Sequence[bool]) -> float:
+    """The threshold at which "keep when score >= threshold" best matches "keep when intact" (accuracy),
+    midway between the last dropped and the first kept score; the fewest drops among equally good cuts.
+
+    Raises:
+        ValueError: no scores, or as many flags as scores are not given.
+    """
+    if not scores or len(scores) != len(corrupted):
+        raise ValueError(f"choose_threshold needs one corrupted flag per score, got {len(scores)} scores and {len(corrupted)} flags")
+    ranked = sorted(zip(scores, corrupted))
+    # dropping the k lowest scores is right for the corrupted among them and the intact above them
+    intact_total = sum(not bad for _, bad in ranked)
+    best_k, best_right, bad_below, good_below = 0, intact_total, 0, 0
+    for k in range(1, len(ranked) + 1):
+        bad_below += ranked[k - 1][1]
+        good_below += not ranked[k - 1][1]
+        if k < len(ranked) and ranked[k][0] == ranked[k - 1][0]:
+            continue  # a threshold cannot split equal scores
+        right = bad_below + intact_total - good_below
+        if right > best_right:
+            best_k, best_right = k, right
+    if best_k == 0:
+        return 0.0
+    if best_k == len(ranked):
+        return min(1.0, math.nextafter(ranked[-1][0], math.inf))
+    return (ranked[best_k - 1][0] + ranked[best_k][0]) / 2
+
+
+def measure_threshold(source: str, scores: Sequence[float], corrupted: Sequence[bool], threshold: float) -> Calibration:
+    """The figures of :class:`Calibration` for ``threshold`` on these scores and flags."""
+    dropped = [bad for score, bad in zip(scores, corrupted) if score < threshold]
+    right = sum((score < threshold) == bad for score, bad in zip(scores, corrupted))
+    good = [s for s, bad in zip(scores, corrupted) if not bad]
+    bad = [s for s, b in zip(scores, corrupted) if b]
+    auc = sum((g > b) + 0.5 * (g == b) for g in good for b in bad) / max(1, len(good) * len(bad))
+    return Calibration(source=source, threshold=threshold, captions=len(scores), corrupted=len(bad), accuracy=right / len(scores),
+                       precision=sum(dropped) / len(dropped) if dropped else float("nan"),
+                       recall=sum(dropped) / len(bad) if bad else float("nan"), auc=auc)
+
+
+def calibration_truth(folder: str | os.PathLike) -> dict[tuple[str, str], bool]:
+    """The recorded truth of a calibration folder, or a DataError naming it (checked before loading models)."""
+    try:
+        return corruption_truth(folder)
+    except (OSError, ValueError, KeyError, DataError) as e:
+        raise DataError(f"calibration set {folder}: {e} (write it with `coembed data corrupt VAL_SPLIT OUT`)") from None
+
+
+def calibrate(folder: str | os.PathLike, scorer: Scorer, batch_size: int = 32) -> Calibration:
+    """Score every caption of a corrupted set (``coembed data corrupt``) and choose the threshold there.
+
+    Raises:
+        DataError: the folder is not a corrupted set, or it lacks intact or corrupted captions.
+    """
+    folder = Path(folder)
+    truth = calibration_truth(folder)
+    samples, _ = read_samples(folder)
+    scores: list[float] = []
+    flags: list[bool] = []
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start : start + batch_size]
+        images, good, _ = _load(folder, batch)
+        for i, probs in zip(good, scorer(images, [batch[i].captions for i in good]) if images else []):
+            image = os.path.realpath(folder / batch[i].image)
+            scores += [float(p) for p in probs]
+            flags += [truth[(image, c)] for c in batch[i].captions]
+    if all(flags) or not any(flags):
+        raise DataError(f"calibration set {folder} needs both intact and corrupted captions (got {sum(flags)} corrupted "
+                        f"of {len(flags)}); write it with `coembed data corrupt --fraction 0.5`")
+    return measure_threshold(str(folder), scores, flags, choose_threshold(scores, flags))
+
+
 # ----------------------------------------------------------------------------- resuming
 def _header(cfg: CapFiltConfig, identity: dict[str, str]) -> dict[str, Any]:
     # The threshold only acts on the written scores, so a rerun may change it and still resume.
@@ -244,7 +355,7 @@ def _resume(partial: Path, header: dict[str, Any], samples: Sequence[Sample], ba
 # ----------------------------------------------------------------------------- the command
 def capfilt_samples(src: str | os.PathLike, out: str | os.PathLike, captioner: Captioner | None, scorer: Scorer,
                     cfg: CapFiltConfig, *, identity: dict[str, str] | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> CapFiltReport:
+                    progress: Callable[[int, int], None] | None = None, calibration: Calibration | None = None) -> CapFiltReport:
     """CapFilt ``src`` into ``out`` with a given captioner and ITM scorer (see the module docstring).
 
     Args:
@@ -256,11 +367,17 @@ def capfilt_samples(src: str | os.PathLike, out: str | os.PathLike, captioner: C
         identity: what identifies the models (checkpoint paths), kept in the settings line: a rerun resumes
             only with the same.
         progress: called with (images done, total) after each batch.
+        calibration: with ``cfg.threshold`` "auto", the :class:`Calibration` whose threshold applies.
 
     Raises:
         DataError: ``src`` is missing or has no usable manifest, ``out`` is a file or ``src``, or ``out``
             holds an interrupted run with other settings.
+        ValueError: ``cfg.threshold`` is "auto" without a calibration.
     """
+    if (cfg.threshold == AUTO) != (calibration is not None):
+        raise ValueError("threshold 'auto' needs a calibration (and a calibration needs threshold 'auto')")
+    if calibration is not None:
+        cfg = replace(cfg, threshold=calibration.threshold)
     src, out = Path(src), Path(out)
     _check_folders(src, out)
     samples, skips = read_samples(src)
@@ -279,7 +396,8 @@ def capfilt_samples(src: str | os.PathLike, out: str | os.PathLike, captioner: C
             if progress:
                 progress(len(records), len(samples))
     report = CapFiltReport(images_in=len(samples), threshold=cfg.threshold, skipped_lines=dict(skips.by_reason),
-                           resumed_images=resumed, manifest=str(out / MANIFEST_JSONL))
+                           resumed_images=resumed, manifest=str(out / MANIFEST_JSONL),
+                           calibration=calibration.to_dict() if calibration else None)
     lines = [line for s, r in zip(samples, records) if (line := _manifest_line(src, out, s, r, cfg, report))]
     report.images_kept = len(lines)
     atomic_write_text(out / MANIFEST_JSONL, "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
@@ -378,22 +496,31 @@ def _checked(path: str | os.PathLike, flag: str, need: str):
 
 def capfilt(src: str | os.PathLike, out: str | os.PathLike, captioner_ckpt: str | os.PathLike | None,
             filter_ckpt: str | os.PathLike, cfg: CapFiltConfig,
-            progress: Callable[[int, int], None] | None = None) -> CapFiltReport:
+            progress: Callable[[int, int], None] | None = None,
+            calibrate_dir: str | os.PathLike | None = None) -> CapFiltReport:
     """CapFilt ``src`` into ``out`` with a captioning checkpoint and an ITM checkpoint (run folders or
     checkpoint folders). ``captioner_ckpt`` may be None when ``cfg.synthetic`` is 0 (filter only).
+    With ``cfg.threshold`` "auto", the filter first scores ``calibrate_dir`` (a corrupted set with its
+    truth, e.g. a clean val split through ``coembed data corrupt``) and the threshold is chosen there.
 
     Raises:
         CheckpointError: the captioner has no captioning head or the filter no ITM head.
-        ConfigError: synthetic captions asked for without a captioner.
-        DataError: as :func:`capfilt_samples`.
+        ConfigError: synthetic captions asked for without a captioner; "auto" without ``calibrate_dir`` or
+            the other way round.
+        DataError: as :func:`capfilt_samples`, or ``calibrate_dir`` is not a corrupted set.
     """
     from coembed.errors import ConfigError
 
     if cfg.synthetic and captioner_ckpt is None:
         raise ConfigError("synthetic captions need a captioner checkpoint (or set synthetic to 0)")
+    if (cfg.threshold == AUTO) != (calibrate_dir is not None):
+        raise ConfigError("threshold 'auto' and a calibration set go together: give both or neither")
     _check_folders(Path(src), Path(out))  # before the (slow) model loading
+    if calibrate_dir is not None:
+        calibration_truth(calibrate_dir)
     scorer = itm_scorer(_checked(filter_ckpt, "--filter", "itm"))
+    calibration = calibrate(calibrate_dir, scorer, cfg.batch_size) if calibrate_dir is not None else None
     captioner = model_captioner(_checked(captioner_ckpt, "--captioner", "caption"), cfg) if cfg.synthetic else None
     identity = {"filter": os.path.realpath(filter_ckpt),
                 "captioner": os.path.realpath(captioner_ckpt) if captioner is not None else ""}
-    return capfilt_samples(src, out, captioner, scorer, cfg, identity=identity, progress=progress)
+    return capfilt_samples(src, out, captioner, scorer, cfg, identity=identity, progress=progress, calibration=calibration)

@@ -40,6 +40,9 @@ class TrainConfig:
     shard_shuffle: int = 1000  # shuffle buffer of streamed samples (0 = file order); shard order is shuffled too
     shard_resampled: bool = False  # draw shards with replacement, an endless stream (no rank runs out first)
     init_from: str | None = None  # a checkpoint or run folder whose matching weights start a new run (coembed.train.warm_start)
+    # a checkpoint or run folder whose BPE tokenizer this run uses instead of training one on its captions:
+    # fine-tuning on another dataset with init_from keeps the token ids (coembed.train.tokenizer_source)
+    tokenizer_from: str | None = None
     init_prefixes: list[str] | None = None  # copy only tensors under these name prefixes, e.g. ["visual."] (all when null)
     negative_types: list[str] | None = None  # draw hard negatives of these manifest "negative_types" only (all when null)
     captions_per_image: int | None = None  # train on the first k captions of each image (all when null)
@@ -143,6 +146,8 @@ class TrainConfig:
             raise ValueError(f"train_shards must be a folder, glob or brace pattern of .tar shards, got {self.train_shards!r}")
         if self.init_from is not None and not isinstance(self.init_from, str):
             raise ValueError(f"init_from must be a checkpoint or run folder path, got {self.init_from!r}")
+        if self.tokenizer_from is not None and not isinstance(self.tokenizer_from, str):
+            raise ValueError(f"tokenizer_from must be a checkpoint or run folder path, got {self.tokenizer_from!r}")
         self.init_prefixes = _name_list("init_prefixes", self.init_prefixes, "name prefixes")
         self.negative_types = _name_list("negative_types", self.negative_types, "names")
         if not isinstance(self.model, dict):

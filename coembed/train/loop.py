@@ -57,10 +57,11 @@ from coembed.train.state import Progress, load_run_state, save_run_checkpoint
 from coembed.train.fusion_step import fusion_train_step, objective_module
 from coembed.train.step import StepResult, train_step
 from coembed.train.text_cache import CACHE_FILE, TextFeatureCache, load_or_build
+from coembed.train.tokenizer_source import check_init_tokenizer, check_model_ids, source_tokenizer
 from coembed.train.warm_start import warm_start
 
 # Settings a resumed run must share with the run it continues (others, like log_every, may change).
-RESUME_INVARIANTS = ("data", "task", "preset", "model", "init_from", "init_prefixes", "loss", "hard_negatives", "negative_types", "batch_size", "epochs", "max_steps", "lr", "weight_decay",
+RESUME_INVARIANTS = ("data", "task", "preset", "model", "init_from", "init_prefixes", "tokenizer_from", "loss", "hard_negatives", "negative_types", "batch_size", "epochs", "max_steps", "lr", "weight_decay",
                      "warmup_steps", "seed", "precision", "captions_per_image", "loss_weights", "train_shards", "shard_shuffle",
                      "shard_resampled")
 TOKENIZER_CAPTIONS = 100_000  # captions a BPE vocabulary is trained on when the pairs stream from shards
@@ -134,13 +135,18 @@ def _new_model(cfg: TrainConfig, captions: Callable[[], Iterator[str]],
     ``answers``: the training answer vocabulary, given to a model whose config has ``answers``."""
     model_cfg = apply_overrides(get_preset(cfg.preset), cfg.model)
     if isinstance(getattr(model_cfg, "text", None), (HFTextConfig, FusionHFTextConfig)):
+        _refuse_tokenizer_from(cfg, "a Hugging Face text tower's own tokenizer")
         tokenizer = read_tokenizer(model_cfg.text)
         if isinstance(model_cfg.text, FusionHFTextConfig):
             _check_mlm_ids(model_cfg.text, tokenizer)
         return new_model(model_cfg), tokenizer
     # A bridge to a pretrained LM (lm.path) reads captions with that LM's tokenizer; otherwise train a BPE.
     tokenizer = model_cfg.pretrained_tokenizer() if hasattr(model_cfg, "pretrained_tokenizer") else None
-    if tokenizer is None:
+    if tokenizer is not None:
+        _refuse_tokenizer_from(cfg, "its language model's tokenizer")
+    elif cfg.tokenizer_from:
+        tokenizer = source_tokenizer(cfg.tokenizer_from)
+    else:
         tokenizer = Tokenizer.train(captions(), vocab_size=cfg.vocab_size)
     ids = {f"text.{name}": getattr(tokenizer, name) for name in ("vocab_size", "pad_id", "eot_id", "mask_id", "sot_id")
            if getattr(tokenizer, name, None) is not None}
@@ -150,8 +156,15 @@ def _new_model(cfg: TrainConfig, captions: Callable[[], Iterator[str]],
              if has_setting(model_cfg, name)}
     if answers is not None and has_setting(model_cfg, "answers"):
         named["answers"] = list(answers)
+    if cfg.tokenizer_from:
+        check_model_ids(cfg.tokenizer_from, {k: v for k, v in named.items() if k != "answers"}, cfg.model)
     overrides = {**named, **cfg.model}
     return new_model(apply_overrides(get_preset(cfg.preset), overrides)), tokenizer
+
+
+def _refuse_tokenizer_from(cfg: TrainConfig, reader: str) -> None:
+    if cfg.tokenizer_from:
+        raise ConfigError(f"tokenizer_from does not apply to preset {cfg.preset!r}: it reads text with {reader}")
 
 
 def compile_transformers(model: torch.nn.Module, backend: str = "inductor") -> int:
@@ -242,9 +255,11 @@ def _prepare(cfg: TrainConfig, resume: bool, env: DistEnv) -> _Run:
         answers = answer_vocabulary(samples) if cfg.task == "vqa" else None
         model, tokenizer = _new_model(cfg, data.captions, answers)
         if cfg.init_from:
+            # a BPE trained on other captions gives words other ids: refused when tokenizer_from asked for one vocabulary
+            mismatch = check_init_tokenizer(tokenizer, cfg.init_from, strict=bool(cfg.tokenizer_from))
             summary = warm_start(model, cfg.init_from, cfg.init_prefixes).summary()
             if env.is_main:
-                print(summary, file=sys.stderr, flush=True)
+                print("\n".join(filter(None, [mismatch, summary])), file=sys.stderr, flush=True)
     if cfg.hard_negatives and samples is not None and not any(s.meta.get("negatives") for s in samples):
         raise ConfigError(f"hard_negatives is on but no training sample in {data.source} has a 'negatives' list of false captions")
     if cfg.loss == "siglip" and getattr(model, "logit_bias", None) is None:

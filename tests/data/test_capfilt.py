@@ -261,3 +261,27 @@ def test_the_command_runs_end_to_end_with_trained_models(runs: dict[str, Path], 
         assert len(samples) == report["images_kept"]
     code = main(["data", "capfilt", str(shapes_data / "val"), str(tmp_path / "x"), "--filter", str(runs["filter"])])
     assert code != 0 and "--captioner" in capsys.readouterr().err
+
+
+def test_threshold_auto_is_chosen_on_a_corrupted_val_split(runs: dict[str, Path], shapes_data: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    corrupt_dataset(shapes_data / "val", tmp_path / "calib", 0.5, seed=1)
+    out = tmp_path / "clean"
+    code = main(["data", "capfilt", str(shapes_data / "test"), str(out), "--filter", str(runs["filter"]), "--synthetic", "0",
+                 "--threshold", "auto", "--calibrate", str(tmp_path / "calib"), "--no-progress", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    calibration = report["calibration"]
+    assert report["threshold"] == calibration["threshold"] and calibration["source"] == str(tmp_path / "calib")
+    # the stored figures are the model's: recompute them from the filter's own scores of the calibration set
+    truth = corruption_truth(tmp_path / "calib")
+    samples, _ = read_samples(tmp_path / "calib")
+    scorer = itm_scorer(coembed.load(runs["filter"]))
+    images = [load_image(tmp_path / "calib" / s.image) for s in samples]
+    scores = [p for ps in scorer(images, [s.captions for s in samples]) for p in ps]
+    flags = [truth[(os.path.realpath(tmp_path / "calib" / s.image), c)] for s in samples for c in s.captions]
+    right = sum((p < calibration["threshold"]) == bad for p, bad in zip(scores, flags))
+    assert calibration["accuracy"] == pytest.approx(right / len(flags), abs=1e-9)
+    kept = sum(c["score"] >= calibration["threshold"] for r in map(json.loads, (out / SCORES_FILE).read_text().splitlines()[1:])
+               for c in r["captions"])
+    assert report["captions"]["web"]["kept"] <= kept
