@@ -32,8 +32,11 @@ def objective_module(family: str) -> ModuleType:
 
 
 def weighted_total(terms: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
-    """``sum(weights.get(name, 1) * term)`` in float32; ConfigError for a weight naming no term."""
-    unknown = sorted(set(weights) - set(terms))
+    """``sum(weights.get(name, 1) * term)`` in float32; ConfigError for a non-zero weight naming no term.
+
+    A zero weight may name a term the objective did not compute: objectives skip the terms switched off
+    (ALBEF's MLM at ``loss_weights.mlm=0``) rather than compute them for nothing."""
+    unknown = sorted(name for name, weight in weights.items() if name not in terms and weight != 0)
     if unknown:
         raise ConfigError(f"loss_weights name(s) {', '.join(unknown)} that this objective does not compute; it computes "
                          f"{', '.join(sorted(terms))}")

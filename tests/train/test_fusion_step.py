@@ -25,7 +25,7 @@ from coembed.towers.vit import VisionConfig, VisionTransformer
 from coembed.train.config import TrainConfig
 from coembed.train.fusion_step import step_generator, weighted_total
 from coembed.train.loop import TIMING_KEYS, train
-from tests.helpers import assert_same_runs, interrupt_then_resume
+from tests.helpers import VQA_SMALL, assert_same_runs, interrupt_then_resume
 
 
 # ----------------------------------------------------------------------------- the toy family
@@ -110,6 +110,16 @@ def test_weighted_total_weights_each_term_and_names_unknown_weights() -> None:
     assert weighted_total(terms, {"mlm": 0.5}).item() == 3.5
     with pytest.raises(ConfigError, match="loss_weights name.*'?itc"):
         weighted_total(terms, {"itc": 1.0})
+    # a term switched off by a zero weight may be left out by the objective (ALBEF skips MLM at weight 0)
+    assert weighted_total(terms, {"itc": 0.0}).item() == 5.0
+
+
+def test_albef_trains_with_mlm_switched_off(shapes_data: Path, tmp_path: Path, tiny_settings: dict) -> None:
+    out = tmp_path / "run"
+    train(TrainConfig(data=str(shapes_data), out=str(out), **{**tiny_settings, "preset": "albef-tiny", "model": dict(VQA_SMALL["vqa-albef-tiny"])},
+                      loss_weights={"mlm": 0.0}, max_steps=2, log_every=1, val_samples=0, warmup_steps=1))
+    steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert len(steps) == 2 and all("loss_mlm" not in x and "loss_itm" in x for x in steps)
 
 
 def test_step_generator_depends_on_seed_and_step_only() -> None:
