@@ -3,8 +3,9 @@
 # captioning and VQA at equal CPU budget, against the LM alone. One torch thread, runs one at a time.
 #
 #  1. data: shapes 2000/200/500 with SPLIT/vqa.jsonl (3 questions per image);
-#  2. the LM's text: each training image's 5 captions plus its "question answer" lines (lmdata/, the
-#     images linked), so the frozen LM has seen questions; lm-tiny trains LM_STEPS on it;
+#  2. the LM's text: each training image's 5 captions plus its "question answer" lines, the answer
+#     normalised as the VQA rows have it (lmdata/, the images linked), so the frozen LM has seen
+#     questions and answers; lm-tiny trains LM_STEPS on it;
 #  3. the frozen image tower: a `tiny` dual encoder (TINY=path reuses one; else trained TINY_STEPS here);
 #  4. each bridge trains STEPS at batch 32 on the captions (task caption) and, separately, on the
 #     question-answer pairs (task vqa, loss on the answer tokens);
@@ -32,13 +33,14 @@ if [ ! -f "$DATA/test/vqa.jsonl" ]; then
 fi
 [ -f "$OUT/lmdata/train/captions.jsonl" ] || "$PY" - "$DATA" "$OUT/lmdata" <<'EOF'
 import json, os, pathlib, sys
+from coembed.data.vqa_pairs import target_answer  # the normalised answer the bridges are trained to give ("0", not "zero")
 src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 (dst / "train").mkdir(parents=True, exist_ok=True)
 (dst / "meta.json").write_text((src / "meta.json").read_text())
 qa = {}
 for line in (src / "train/vqa.jsonl").read_text().splitlines():
     r = json.loads(line)
-    qa.setdefault(r["image"], []).append(f'{r["question"]} {r["answers"][0]}')
+    qa.setdefault(r["image"], []).append(f'{r["question"]} {target_answer(r["answers"])}')
 rows = []
 for line in (src / "train/captions.jsonl").read_text().splitlines():
     r = json.loads(line)
