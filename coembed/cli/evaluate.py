@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from coembed.cli.common import add_checkpoint_args, eprint, load_checkpoint, positive_int, print_json
@@ -12,20 +13,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint", description="Retrieval, zero-shot, linear probe and compositional evaluation.")
     add_checkpoint_args(p)
     p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--task", choices=("suite", "vqa"), default="suite",
+    p.add_argument("--task", choices=("suite", "vqa", "captioning"), default="suite",
                    help="suite: retrieval, zero-shot, linear probe and compositional (default); vqa: VQA accuracy per "
-                        "question type of a VQA model on SPLIT/vqa.jsonl (`coembed data vqa`)")
+                        "question type of a VQA model on SPLIT/vqa.jsonl (`coembed data vqa`); captioning: BLEU-1..4 "
+                        "and CIDEr-D of a captioning model's captions against the split's captions")
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--out", help="write the metrics JSON here")
     p.add_argument("--json", action="store_true", help="print the metrics JSON instead of a table")
     p.add_argument("--rerank-k", type=positive_int,
                    help="fusion models: also re-rank each query's ITC top K candidates with the ITM head")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="--task vqa: questions per batch (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="--task vqa: questions per batch; --task captioning: images per batch (default 64)")
     p.add_argument("--skip", action="append", default=[], choices=("zeroshot", "linear_probe", "compositional"),
                    help="leave out a task (repeatable); retrieval always runs")
     p.add_argument("--rerank-score", choices=("itm", "itm+itc"), default="itm",
                    help="re-ranking score: ITM matched probability (ALBEF) or ITM + ITC cosine (BLIP); default itm")
+    _add_captioning_args(p)
     p.set_defaults(func=run)
+
+
+def _add_captioning_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("--task captioning")
+    g.add_argument("--method", choices=("greedy", "beam"), default="greedy", help="decoding method (default greedy)")
+    g.add_argument("--num-beams", type=positive_int, default=3, help="beams of --method beam (default 3)")
+    g.add_argument("--max-length", type=positive_int, help="tokens per caption, <sot> and <eot> included (default: the "
+                   "model's context length)")
+    g.add_argument("--max-images", type=positive_int, help="caption only the split's first N images")
+    g.add_argument("--predictions", metavar="FILE", help="also write each image's caption and references here (JSONL)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_checkpoint(args)
     if args.task == "vqa":
         return _run_vqa(args, loaded)
+    if args.task == "captioning":
+        return _run_captioning(args, loaded)
     if args.rerank_k is not None and not has_itm(loaded.model):
         raise ConfigError(f"--rerank-k needs a model with an ITM head (a fusion family); {args.checkpoint} is a "
                           f"{type(loaded.model).__name__}")
@@ -81,4 +97,51 @@ def _run_vqa(args: argparse.Namespace, loaded) -> int:
         print(result.table())
     if args.out:
         eprint(f"wrote {args.out}")
+    return 0
+
+
+def _run_captioning(args: argparse.Namespace, loaded) -> int:
+    """``--task captioning``: caption the split's images, print BLEU/CIDEr (or JSON), write the record."""
+    from coembed.cli.common import progress_callback
+    from coembed.data.datasets import read_samples
+    from coembed.data.splits import split_root
+    from coembed.errors import CheckpointError, ConfigError, DataError
+    from coembed.eval.caption_split import evaluate_captioning
+    from coembed.eval.report import write_eval_json
+    from coembed.generation import is_captioner
+    from coembed.io import atomic_write_text
+
+    if not is_captioner(loaded.model):
+        family = loaded.model.cfg.to_dict().get("family", "dual_encoder") if hasattr(loaded.model, "cfg") else type(loaded.model).__name__
+        raise CheckpointError(f"{args.checkpoint} holds a {family} model, which has no captioning head; --task captioning "
+                              "needs a captioner (coca, blip or a bridge)")
+    root = split_root(args.data, args.split)
+    samples, _ = read_samples(root)
+    samples = samples[: args.max_images]
+    if not samples:
+        raise DataError(f"{root} holds no image with a caption")
+    decoding = {"num_beams": args.num_beams} if args.method == "beam" else {}
+    if args.max_length is not None:
+        decoding["max_length"] = args.max_length
+    try:
+        result = evaluate_captioning(loaded.model, loaded.tokenizer, root, samples, method=args.method,
+                                     batch_size=args.batch_size, progress=progress_callback("caption"), **decoding)
+    except ValueError as e:  # bad decoding settings for this model, or nothing readable
+        raise ConfigError(f"--task captioning: {e}") from None
+    record = {"dataset": Path(args.data).name, "model": str(args.checkpoint), "split": args.split}
+    settings = {"method": args.method, **decoding}
+    if args.out:
+        write_eval_json(args.out, **record, metrics=result.metrics, task="captioning",
+                        extra={"decoding": settings, "seconds": round(result.seconds, 1), "skipped": len(result.skipped)})
+    if args.predictions:
+        atomic_write_text(args.predictions, "".join(json.dumps(r) + "\n" for r in result.predictions))
+    if args.json:
+        print_json({**record, "task": "captioning", "decoding": settings, "metrics": result.metrics})
+    else:
+        print(result.table())
+    for image, reason in result.skipped:
+        eprint(f"skipped {image}: {reason}")
+    for path in (args.out, args.predictions):
+        if path:
+            eprint(f"wrote {path}")
     return 0

@@ -5,8 +5,10 @@
 * :class:`CrossAttentionBlock`: ``x + attn(ln_1(x), ln_1_kv(ctx))`` then ``x + mlp(ln_2(x))``, OpenCLIP's
   ``ResidualAttentionBlock(is_cross_attention=True)``, interleaved with causal self-attention blocks in
   CoCa's multimodal decoder.
-* :class:`DecoderBlock`: causal self-attention, cross-attention, MLP in one pre-LN block (a BERT decoder
-  layer with cross-attention, as BLIP's text decoder, pre-LN like coembed's other blocks).
+* :class:`CrossModalBlock`: self-attention, cross-attention, MLP in one pre-LN block (a BERT layer with
+  cross-attention, pre-LN like coembed's other blocks): bidirectional over the real tokens in ALBEF's
+  fusion encoder (:mod:`coembed.models.fusion`), causal in BLIP's text decoder
+  (:mod:`coembed.models.blip_captioner`).
 """
 
 from __future__ import annotations
@@ -61,8 +63,8 @@ class CrossAttentionBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class DecoderBlock(nn.Module):
-    """``x + causal_self_attn(ln_1(x))``, ``x + cross_attn(ln_cross(x), context)``, ``x + mlp(ln_2(x))``."""
+class CrossModalBlock(nn.Module):
+    """``x + self_attn(ln_1(x))``, ``x + cross_attn(ln_cross(x), context)``, ``x + mlp(ln_2(x))``."""
 
     def __init__(self, width: int, heads: int, mlp_ratio: float, *, eps: float = 1e-5) -> None:
         super().__init__()
@@ -73,16 +75,31 @@ class DecoderBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(width, eps=eps)
         self.mlp = Mlp(width, mlp_hidden(width, mlp_ratio))
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, T, width) text states, causal; ``context`` (B, N, width) image tokens, all visible."""
-        x = x + self.attn(self.ln_1(x), causal=True)
-        x = x + self.cross_attn.cross(self.ln_cross(x), context)
+    def forward(self, x: torch.Tensor, context: torch.Tensor, *, causal: bool = False, mask: torch.Tensor | None = None,
+                probs: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Text states ``x`` (B, T, width) reading image tokens ``context`` (B, N, width), all visible.
+
+        Args:
+            causal: position i of ``x`` sees positions <= i only (a decoder).
+            mask: (B, T) bool, True at the real tokens every position may see (an encoder's padding mask).
+            probs: when a list, the cross-attention probabilities (B, heads, T, N) are appended to it.
+        """
+        if causal and mask is not None:
+            raise ValueError("a causal block takes no padding mask (padding sits after the real tokens it cannot see)")
+        key_mask = None if mask is None else mask[:, None, None, :]  # (B, 1, 1, T)
+        x = x + self.attn(self.ln_1(x), mask=key_mask, causal=causal)
+        if probs is None:
+            x = x + self.cross_attn.cross(self.ln_cross(x), context)
+        else:
+            y, p = self.cross_attn.cross_with_probs(self.ln_cross(x), context)
+            probs.append(p)
+            x = x + y
         return x + self.mlp(self.ln_2(x))
 
 
 def init_clip_block(block: nn.Module, width: int, layers: int) -> None:
     """CLIP's initialisation of a block with ``attn`` and ``mlp`` (as :meth:`Transformer.init_weights`);
-    a DecoderBlock's ``cross_attn`` gets the ``attn`` scheme too."""
+    a CrossModalBlock's ``cross_attn`` gets the ``attn`` scheme too."""
     attn_std, proj_std, fc_std = width**-0.5, width**-0.5 * (2 * max(layers, 1)) ** -0.5, (2 * width) ** -0.5
     for attn in (getattr(block, "attn"), getattr(block, "cross_attn", None)):
         if attn is not None:

@@ -20,6 +20,24 @@ def mlp_hidden(width: int, mlp_ratio: float) -> int:
     return round(hidden) if abs(hidden - round(hidden)) < 1e-6 else int(hidden)
 
 
+def check_text_shape(cfg, positive: tuple[str, ...], ids: tuple[str, ...], prefix: str = "text.") -> None:
+    """The checks every text section's shape shares, ValueError naming the field (``prefix`` + name):
+    the ``positive`` fields > 0, ``context_length`` >= 2, ``width`` divisible by ``heads``, ``mlp_ratio`` > 0,
+    and each of ``ids`` a token id below ``vocab_size``."""
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"{prefix}{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.context_length < 2:
+        raise ValueError(f"{prefix}context_length must be >= 2 (room for <sot> and <eot>), got {cfg.context_length}")
+    if cfg.width % cfg.heads:
+        raise ValueError(f"{prefix}width ({cfg.width}) must be divisible by {prefix}heads ({cfg.heads})")
+    if not cfg.mlp_ratio > 0:
+        raise ValueError(f"{prefix}mlp_ratio must be positive, got {cfg.mlp_ratio}")
+    for name in ids:
+        if not 0 <= getattr(cfg, name) < cfg.vocab_size:
+            raise ValueError(f"{prefix}{name} must be in [0, vocab_size={cfg.vocab_size}), got {getattr(cfg, name)}")
+
+
 class ResidualAttentionBlock(nn.Module):
     """``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``."""
 

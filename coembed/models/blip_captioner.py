@@ -4,7 +4,7 @@ whose every block cross-attends to ALL the image tokens.
 BLIP's decoder is BERT with causal self-attention and a cross-attention layer per block, started by a
 ``[DEC]`` token and trained by language modelling with label smoothing 0.1
 (:mod:`coembed.objectives.blip`). Here the blocks are coembed's pre-LN
-:class:`~coembed.layers.cross_attention.DecoderBlock` (BERT is post-LN), ``<sot>`` plays ``[DEC]``,
+:class:`~coembed.layers.cross_attention.CrossModalBlock` (BERT is post-LN), ``<sot>`` plays ``[DEC]``,
 and the LM head is BERT's prediction head (dense, GELU, LayerNorm, then the vocabulary projection),
 whose projection is **tied** to the input word embeddings by default, as BLIP's decoder ties them
 (``text.tie_embeddings=false`` gives it its own matrix). The image tokens (class token and patches,
@@ -21,40 +21,18 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
-from coembed.layers.cross_attention import DecoderBlock, init_clip_block
+from coembed.layers.cross_attention import CrossModalBlock, init_clip_block
+from coembed.models.caption_text import CaptionTextConfig
 from coembed.models.fusion import MlmHead
 from coembed.towers.vit import VisionConfig, VisionTransformer
 
 
 @dataclass(kw_only=True)
-class BlipTextConfig:
-    """The text decoder's shape, token ids and head."""
+class BlipTextConfig(CaptionTextConfig):
+    """The text decoder's shape, token ids (``sot_id`` is BLIP's [DEC], the first token of every caption) and head."""
 
-    vocab_size: int = 1024
-    context_length: int = 48
-    width: int = 128
-    heads: int = 2
     layers: int = 4
-    mlp_ratio: float = 4.0
-    pad_id: int = 0
-    sot_id: int = 1  # BLIP's [DEC]: the first token of every caption
-    eot_id: int = 2
     tie_embeddings: bool = True  # the LM head's projection is the word-embedding matrix (BLIP, BERT)
-    ln_eps: float = 1e-5
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "width", "heads", "layers"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"text.{name} must be positive, got {getattr(self, name)}")
-        if self.context_length < 2:
-            raise ValueError(f"text.context_length must be >= 2 (room for <sot> and <eot>), got {self.context_length}")
-        if self.width % self.heads:
-            raise ValueError(f"text.width ({self.width}) must be divisible by text.heads ({self.heads})")
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"text.mlp_ratio must be positive, got {self.mlp_ratio}")
-        for name in ("pad_id", "sot_id", "eot_id"):
-            if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ValueError(f"text.{name} must be in [0, vocab_size={self.vocab_size}), got {getattr(self, name)}")
 
 
 @dataclass(kw_only=True)
@@ -80,14 +58,14 @@ class BlipCaptionerConfig:
 
 
 class BlipTextDecoder(nn.Module):
-    """Word + position embeddings, :class:`DecoderBlock` s, ``ln_final`` and the LM head."""
+    """Word + position embeddings, :class:`CrossModalBlock` s (causal), ``ln_final`` and the LM head."""
 
     def __init__(self, cfg: BlipTextConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, cfg.width))
-        self.blocks = nn.ModuleList(DecoderBlock(cfg.width, cfg.heads, cfg.mlp_ratio, eps=cfg.ln_eps) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(CrossModalBlock(cfg.width, cfg.heads, cfg.mlp_ratio, eps=cfg.ln_eps) for _ in range(cfg.layers))
         self.ln_final = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
         self.lm_head = MlmHead(cfg.width, cfg.vocab_size, cfg.ln_eps)
         self.lm_weight = None if cfg.tie_embeddings else nn.Parameter(0.02 * torch.randn(cfg.vocab_size, cfg.width))
@@ -106,7 +84,7 @@ class BlipTextDecoder(nn.Module):
             raise ValueError(f"image tokens and captions must have the same batch size, got {image.shape[0]} and {tokens.shape[0]}")
         x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]  # (B, T, width)
         for block in self.blocks:
-            x = block(x, image)
+            x = block(x, image, causal=True)
         weight = self.token_embedding.weight if self.lm_weight is None else self.lm_weight
         return self.lm_head(self.ln_final(x), weight)
 

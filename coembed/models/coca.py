@@ -33,6 +33,7 @@ from torch import nn
 
 from coembed.layers.cross_attention import AttentionalPooler, CrossAttentionBlock, init_clip_block
 from coembed.layers.transformer import Transformer
+from coembed.models.caption_text import CaptionTextConfig
 from coembed.towers.text_transformer import trim_padding
 from coembed.towers.vit import VisionConfig, VisionTransformer
 
@@ -40,34 +41,12 @@ MAX_LOGIT_SCALE = 100.0
 
 
 @dataclass(kw_only=True)
-class CocaTextConfig:
+class CocaTextConfig(CaptionTextConfig):
     """The text side: ``layers`` unimodal decoder blocks, then ``decoder_layers`` multimodal ones."""
 
-    vocab_size: int = 1024
-    context_length: int = 48
-    width: int = 128
-    heads: int = 2
-    layers: int = 2
     decoder_layers: int = 2
-    mlp_ratio: float = 4.0
-    pad_id: int = 0
-    sot_id: int = 1
-    eot_id: int = 2
-    ln_eps: float = 1e-5
 
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "width", "heads", "layers", "decoder_layers"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"text.{name} must be positive, got {getattr(self, name)}")
-        if self.context_length < 2:
-            raise ValueError(f"text.context_length must be >= 2 (room for <sot> and <eot>), got {self.context_length}")
-        if self.width % self.heads:
-            raise ValueError(f"text.width ({self.width}) must be divisible by text.heads ({self.heads})")
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"text.mlp_ratio must be positive, got {self.mlp_ratio}")
-        for name in ("pad_id", "sot_id", "eot_id"):
-            if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ValueError(f"text.{name} must be in [0, vocab_size={self.vocab_size}), got {getattr(self, name)}")
+    _positive = (*CaptionTextConfig._positive, "decoder_layers")
 
 
 @dataclass(kw_only=True)

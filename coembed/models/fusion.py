@@ -25,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coembed.layers.attention import Attention
-from coembed.layers.mlp import Mlp
-from coembed.layers.transformer import Transformer, mlp_hidden
+from coembed.layers.cross_attention import CrossModalBlock
+from coembed.layers.transformer import Transformer, check_text_shape
 from coembed.towers.bert import BertConfig, BertModel, load_bert_weights
 from coembed.towers.hf_text import bert_config, mean_pool, resolve_folder
 from coembed.towers.text_transformer import trim_padding
@@ -55,20 +54,9 @@ class FusionTextConfig:
 
     def __post_init__(self) -> None:
         self.special_ids = tuple(int(i) for i in self.special_ids)
-        for name in ("vocab_size", "context_length", "width", "heads", "fusion_layers"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"text.{name} must be positive, got {getattr(self, name)}")
-        if self.context_length < 2:
-            raise ValueError(f"text.context_length must be >= 2 (room for <sot> and <eot>), got {self.context_length}")
+        check_text_shape(self, ("vocab_size", "context_length", "width", "heads", "fusion_layers"), ("pad_id", "eot_id", "mask_id"))
         if self.layers < 0:
             raise ValueError(f"text.layers must be >= 0, got {self.layers}")
-        if self.width % self.heads:
-            raise ValueError(f"text.width ({self.width}) must be divisible by text.heads ({self.heads})")
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"text.mlp_ratio must be positive, got {self.mlp_ratio}")
-        for name in ("pad_id", "eot_id", "mask_id"):
-            if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ValueError(f"text.{name} must be in [0, vocab_size={self.vocab_size}), got {getattr(self, name)}")
 
 
 # BERT WordPiece specials: [PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103 (MiniLM, BERT, BGE).
@@ -181,32 +169,6 @@ def _attn_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask[:, None, None, :]  # (B, 1, 1, T): which keys every query may see
 
 
-class FusionBlock(nn.Module):
-    """Pre-LN block with cross-attention: ``x + self_attn``, ``x + cross_attn(image)``, ``x + mlp``."""
-
-    def __init__(self, width: int, heads: int, mlp_ratio: float, eps: float) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(width, eps=eps)
-        self.attn = Attention(width, heads)
-        self.ln_cross = nn.LayerNorm(width, eps=eps)
-        self.cross_attn = Attention(width, heads)
-        self.ln_2 = nn.LayerNorm(width, eps=eps)
-        self.mlp = Mlp(width, mlp_hidden(width, mlp_ratio))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, image: torch.Tensor,
-                probs: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """``x`` (B, T, W) text states, ``mask`` (B, T), ``image`` (B, N, W); appends the cross-attention
-        probabilities (B, heads, T, N) to ``probs`` when a list is given."""
-        x = x + self.attn(self.ln_1(x), mask=_attn_mask(mask))
-        if probs is None:
-            x = x + self.cross_attn.cross(self.ln_cross(x), image)
-        else:
-            y, p = self.cross_attn.cross_with_probs(self.ln_cross(x), image)
-            probs.append(p)
-            x = x + y
-        return x + self.mlp(self.ln_2(x))
-
-
 class TextEncoder(nn.Module):
     """Token + position embeddings and the text-only bidirectional blocks (the unimodal text encoder)."""
 
@@ -303,13 +265,13 @@ class FusionEncoder(nn.Module):
 
     def __init__(self, cfg: FusionTextConfig) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(FusionBlock(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.ln_eps) for _ in range(cfg.fusion_layers))
+        self.blocks = nn.ModuleList(CrossModalBlock(cfg.width, cfg.heads, cfg.mlp_ratio, eps=cfg.ln_eps) for _ in range(cfg.fusion_layers))
         self.ln_final = nn.LayerNorm(cfg.width, eps=cfg.ln_eps)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, image: torch.Tensor,
                 probs: list[torch.Tensor] | None = None) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x, mask, image, probs)
+            x = block(x, image, mask=mask, probs=probs)
         return self.ln_final(x)
 
 

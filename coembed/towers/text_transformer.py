@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from coembed.layers.transformer import Transformer
+from coembed.layers.transformer import Transformer, check_text_shape
 
 POOL_TYPES = ("eot", "argmax", "last")
 
@@ -41,15 +41,7 @@ class TextConfig:
     ln_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "width", "layers", "heads"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"text.{name} must be positive, got {getattr(self, name)}")
-        if self.context_length < 2:
-            raise ValueError(f"text.context_length must be >= 2 (room for <sot> and <eot>), got {self.context_length}")
-        if self.width % self.heads:
-            raise ValueError(f"text.width ({self.width}) must be divisible by text.heads ({self.heads})")
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"text.mlp_ratio must be positive, got {self.mlp_ratio}")
+        check_text_shape(self, ("vocab_size", "context_length", "width", "layers", "heads"), ())
         if self.pool_type not in POOL_TYPES:
             raise ValueError(f"text.pool_type must be one of {POOL_TYPES}, got {self.pool_type!r}")
 
