@@ -9,7 +9,7 @@
 #  3. the frozen image tower: a `tiny` dual encoder (TINY=path reuses one; else trained TINY_STEPS here);
 #  4. each bridge trains STEPS at batch 32 on the captions (task caption) and, separately, on the
 #     question-answer pairs (task vqa, loss on the answer tokens);
-#  5. test split: BLEU-1..4 / CIDEr-D of greedy captions (benchmarks/bridges_caption_eval.py) and
+#  5. test split: BLEU-1..4 / CIDEr-D of greedy captions (`coembed eval --task captioning`) and
 #     `coembed eval --task vqa` per question type, for every run and the LM alone.
 # A run folder that already has a checkpoint is kept (rerun after an interruption). Walls: OUT/walls.txt.
 # Usage: benchmarks/bridges_compare.sh OUT [STEPS] [LM_STEPS] [TINY_STEPS]
@@ -63,7 +63,8 @@ for task in cap vqa; do
   run qformer2_$task --preset qformer-tiny --set model.stage=2 "${BRIDGE[@]}" --set task=$T
 done
 for name in lm llava_cap flamingo_cap qformer2_cap; do
-  [ -f "$OUT/$name/eval_caption_test.json" ] || "$PY" "$HERE/bridges_caption_eval.py" --data "$DATA" --runs "$OUT/$name"
+  [ -f "$OUT/$name/eval_caption_test.json" ] || "$PY" -m coembed eval --task captioning --checkpoint "$OUT/$name" --data "$DATA" \
+    --split test --max-length 40 --out "$OUT/$name/eval_caption_test.json" --predictions "$OUT/$name/captions_test.jsonl" >/dev/null
 done
 for name in lm llava_vqa flamingo_vqa qformer2_vqa llava_cap flamingo_cap qformer2_cap; do
   [ -f "$OUT/$name/eval_vqa_test.json" ] || "$PY" -m coembed eval --task vqa --checkpoint "$OUT/$name" --data "$DATA" --split test \
