@@ -31,7 +31,8 @@ def _positive_float(text: str) -> float:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("caption", help="caption images", description="Write a caption for each image with a captioning "
-                       "checkpoint (a coca-tiny, blip-tiny, llava-tiny, flamingo-tiny or qformer-tiny run). Images that cannot be read are named and skipped.")
+                       "checkpoint (a coca-tiny, blip-tiny, llava-tiny, flamingo-tiny or qformer-tiny run). Images that "
+                       "cannot be read are named and skipped.")
     add_checkpoint_args(p)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--method", choices=("greedy", "beam", "nucleus"), default="greedy", help="decoding method (default greedy)")
