@@ -3,7 +3,9 @@ VQA accuracy of a split's questions (:func:`coembed.eval.vqa.evaluate_vqa`, per 
 
 A model says how it answers by its ``vqa_kind``: ``"classifier"`` (argmax of ``answer_logits`` over
 ``cfg.answers``) or ``"generative"`` (greedy decoding after the ``<sot> question`` prompt, up to
-``cfg.max_answer_tokens`` tokens, :func:`coembed.generation.decoding.greedy_search`).
+``max_answer_tokens`` tokens, :func:`coembed.generation.decoding.greedy_search`, with the model's
+:class:`~coembed.generation.spec.DecodingSpec`): the BLIP VQA decoder, the bridges to an LM (Q-Former in
+stage 2) and the LM alone, which answers blind.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from coembed.data.datasets import ImageFolderDataset, collate_images
-from coembed.data.vqa_pairs import question_prompts
 from coembed.errors import ConfigError
 from coembed.eval.vqa import VQAResult, evaluate_vqa
 from coembed.generation.decoding import greedy_search
+from coembed.generation.spec import DecodingSpec, decode_ids, decoding_spec, encode_words
 from coembed.loading import default_preprocess
 from coembed.models.families import context_length
 
@@ -35,8 +37,8 @@ def check_vqa_model(model: nn.Module, where: str = "the checkpoint") -> None:
     """ConfigError naming ``where`` and its family unless ``model`` is a VQA model."""
     if not is_vqa_model(model):
         family = model.cfg.to_dict().get("family", "dual_encoder") if hasattr(model, "cfg") else type(model).__name__
-        raise ConfigError(f"{where} is a {family} model, not a VQA model; train one with --preset vqa-albef-tiny or "
-                          "vqa-blip-tiny --set task=vqa")
+        raise ConfigError(f"{where} is a {family} model, not a VQA model; train one with --preset vqa-albef-tiny, "
+                          "vqa-blip-tiny, llava-tiny, flamingo-tiny or qformer-tiny (model.stage=2) --set task=vqa")
 
 
 @torch.no_grad()
@@ -55,8 +57,8 @@ def answer(model: nn.Module, tokenizer, images: torch.Tensor, questions: Sequenc
 def _generate_answers(model: nn.Module, tokenizer, images: torch.Tensor, questions: Sequence[str]) -> list[str]:
     """Greedy answers after each question; rows are decoded in groups of equal prompt length (the
     decoder's absolute positions admit no left padding)."""
-    text, limit = model.cfg.text, model.cfg.max_answer_tokens
-    prompts = question_prompts(tokenizer, questions, text.context_length, limit + 1)
+    spec, limit = decoding_spec(model, tokenizer), _answer_room(model)
+    prompts = _question_prompts(spec, tokenizer, questions, limit + 1)
     memory = model.caption_memory(images)  # (B, N, W)
     out = [""] * len(prompts)
     for length in sorted({len(p) for p in prompts}):
@@ -64,11 +66,24 @@ def _generate_answers(model: nn.Module, tokenizer, images: torch.Tensor, questio
         prompt = torch.tensor([prompts[i] for i in rows], dtype=torch.long, device=images.device)  # (G, P)
         group = memory[rows]  # (G, N, W)
         ids = greedy_search(lambda t: model.caption_logits(group, t), prompt, max_length=length + limit + 1,
-                            eos_id=text.eot_id, pad_id=text.pad_id)  # (G, <= P + limit + 1)
+                            eos_id=spec.stop_id, pad_id=spec.pad_id)  # (G, <= P + limit + 1)
         for i, row in zip(rows, ids[:, length:].tolist()):
-            end = row.index(text.eot_id) if text.eot_id in row else len(row)
-            out[i] = tokenizer.decode(row[:end]).strip()
+            out[i] = decode_ids(tokenizer, row[: spec.end_of(row)])
     return out
+
+
+def _answer_room(model: nn.Module) -> int:
+    """Answer tokens decoded at most: the config's ``max_answer_tokens`` (blip_vqa) or the model's (bridges, LM)."""
+    limit = getattr(model.cfg, "max_answer_tokens", None)
+    return int(limit if limit is not None else model.max_answer_tokens)
+
+
+def _question_prompts(spec: DecodingSpec, tokenizer, questions: Sequence[str], answer_room: int) -> list[list[int]]:
+    """``start question`` ids of each question, cut to leave ``answer_room`` positions for the answer and its
+    end within ``spec.max_length``: with coembed's tokenizer exactly the head of the training rows of
+    :func:`coembed.data.vqa_pairs.qa_tokens` (``<sot> question``)."""
+    room = spec.max_length - len(spec.start_ids) - answer_room
+    return [list(spec.start_ids) + encode_words(tokenizer, q)[: max(room, 0)] for q in questions]
 
 
 def predict_split(model: nn.Module, tokenizer, root: str | Path, samples: Sequence, batch_size: int = 64) -> list[str]:

@@ -10,6 +10,14 @@ Every bridge is a captioner with the interface of coembed's captioners, so the d
 :mod:`coembed.generation` drive it unchanged: ``caption_memory(images)`` computes what the image gives the
 LM once, ``caption_logits(memory, tokens) -> (B, T, vocab)`` the next-token logits over ``tokens``
 (``<sot> ...`` with a coembed LM; see :mod:`coembed.models.causal_lm` for a Hugging Face LM's ids).
+``decoding_spec(tokenizer)`` says how a decoder starts and stops (:mod:`coembed.generation.spec`).
+
+Every bridge (Q-Former in stage 2 only) also answers questions (``vqa_kind`` "generative"): the LM reads
+the image, then ``<sot> question`` and continues with the answer, decoded greedily
+(:mod:`coembed.eval.vqa_answer`). With ``task: vqa`` the trainer gives the objective
+(:mod:`coembed.objectives.bridge`) ``<sot> question answer <eot>`` rows, and the loss covers the answer
+tokens only. A caption-trained bridge can be asked too (its LM has seen questions if its training
+text had them). Answers need coembed's ``<sot>``/``<eot>`` rows, so a Hugging Face LM is captioning only.
 """
 
 from __future__ import annotations
@@ -20,9 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from coembed.errors import ConfigError
+from coembed.generation.spec import DecodingSpec, tokenizer_specials
 from coembed.models.causal_lm import LMConfig, build_lm, lm_tokenizer, load_lm_weights
 from coembed.towers.frozen_vision import frozen_visual, image_tokens, load_visual, resolve_vision
 from coembed.towers.vit import VisionConfig
+
+TASKS = ("caption", "vqa")
+# Answer tokens decoded at most after a question (shapes answers are 1-2 tokens; as blip_vqa's default).
+MAX_ANSWER_TOKENS = 8
 
 # `tiny`'s image tower: what a bridge without vision_path builds (random weights, for tests and presets).
 TINY_VISION = VisionConfig(image_size=64, patch_size=8, width=128, layers=4, heads=2, stem="conv")
@@ -50,6 +64,24 @@ def check_bridge(cfg: Any) -> None:
         raise ValueError(f"context_length must be an int >= 2 (room for <sot> and a word), got {value!r}")
 
 
+def check_bridge_task(cfg: Any, task: str) -> None:
+    """ConfigError unless a bridge config ``cfg`` can train with ``task`` ("caption" or "vqa")."""
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {TASKS}, got {task!r}")
+    if task == "vqa" and cfg.lm.kind == "hf":
+        raise ConfigError("task 'vqa' needs a coembed LM (lm.path a causal_lm run): the question-answer rows are "
+                          "<sot> question answer <eot>, which a Hugging Face LM's tokenizer does not write")
+
+
+def bridge_spec(lm: LMConfig, context_length: int, tokenizer, pad_id: int) -> DecodingSpec:
+    """A bridge's decoding spec: coembed's ``<sot>``/``<eot>`` with a coembed LM, or the specials a Hugging
+    Face LM's tokenizer adds (GPT-2: none, so no start and no end: decode from a prompt to the length)."""
+    if lm.kind == "hf":
+        start, end = tokenizer_specials(tokenizer)
+        return DecodingSpec(start, end, pad_id, context_length)
+    return DecodingSpec((tokenizer.sot_id,), lm.eot_id, pad_id, context_length)
+
+
 class Bridge(nn.Module):
     """Base of the bridges: the frozen image tower, the LM and what reads their folders."""
 
@@ -60,6 +92,24 @@ class Bridge(nn.Module):
     @property
     def pad_id(self) -> int:
         return self.cfg.lm.pad_id
+
+    @property
+    def vqa_kind(self) -> str | None:
+        """"generative" (answers after the question prompt, :mod:`coembed.eval.vqa_answer`) when the bridge
+        can train with task vqa, else None."""
+        try:
+            self.cfg.check_task("vqa")
+        except ConfigError:
+            return None
+        return "generative"
+
+    @property
+    def max_answer_tokens(self) -> int:
+        return MAX_ANSWER_TOKENS
+
+    def decoding_spec(self, tokenizer) -> DecodingSpec:
+        """How a decoder starts and stops on this bridge (see :func:`bridge_spec`)."""
+        return bridge_spec(self.cfg.lm, self.cfg.context_length, tokenizer, self.pad_id)
 
     def load_pretrained(self) -> None:
         """The image tower from ``vision_path`` and the LM from ``lm.path`` (each when given)."""

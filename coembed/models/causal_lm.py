@@ -64,6 +64,15 @@ class CausalLMConfig:
     def image_size(self) -> int:
         return TEXT_ONLY_IMAGE_SIZE
 
+    def check_task(self, task: str) -> None:
+        """The LM trains on text rows (task caption); to give it question-answer text, add those lines to the
+        captions it trains on (benchmarks/bridges_compare.sh does). It still answers questions blind."""
+        if task != "caption":
+            from coembed.errors import ConfigError
+
+            raise ConfigError(f"a causal_lm model trains with task 'caption' (next-token loss on the captions), got {task!r}; "
+                              "add question-answer lines to its captions to teach it questions")
+
     def to_dict(self) -> dict:
         return {"family": "causal_lm", **asdict(self)}
 
@@ -103,6 +112,9 @@ class CausalLM(nn.Module):
     """
 
     config_class = CausalLMConfig
+    # It answers a question by continuing ``<sot> question`` with no image: the blind floor of a bridge's VQA.
+    vqa_kind = "generative"
+    max_answer_tokens = 8
 
     def __init__(self, cfg: CausalLMConfig) -> None:
         super().__init__()
@@ -163,6 +175,12 @@ class CausalLM(nn.Module):
     def caption_logits(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T) ``<sot> ...`` ids -> (B, T, vocab) next-token logits (``memory`` is empty)."""
         return forward_with_prefix(self, memory, tokens, self.cfg.pad_id)
+
+    def decoding_spec(self, tokenizer):
+        """``<sot> ... <eot>`` rows of up to ``context_length`` tokens (:mod:`coembed.generation.spec`)."""
+        from coembed.generation.spec import DecodingSpec
+
+        return DecodingSpec((tokenizer.sot_id,), self.cfg.eot_id, self.cfg.pad_id, self.cfg.context_length)
 
     def no_weight_decay(self) -> set[str]:
         return {name for name, p in self.named_parameters() if p.ndim < 2 or "embedding" in name}

@@ -26,7 +26,7 @@ from torch import nn
 from coembed.layers.attention import Attention
 from coembed.layers.mlp import Mlp
 from coembed.layers.transformer import mlp_hidden
-from coembed.models.bridging import Bridge, check_bridge, pretrained_tokenizer
+from coembed.models.bridging import Bridge, check_bridge, check_bridge_task, pretrained_tokenizer
 from coembed.models.causal_lm import LMConfig
 from coembed.towers.vit import VisionConfig
 
@@ -59,6 +59,10 @@ class FlamingoConfig:
 
     def pretrained_tokenizer(self):
         return pretrained_tokenizer(self)
+
+    def check_task(self, task: str) -> None:
+        """Captioning, or VQA with a coembed LM (:func:`~coembed.models.bridging.check_bridge_task`)."""
+        check_bridge_task(self, task)
 
     def to_dict(self) -> dict:
         return {"family": "flamingo", **asdict(self)}

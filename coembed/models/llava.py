@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from coembed.layers.tiling import Tiler
-from coembed.models.bridging import Bridge, check_bridge, pretrained_tokenizer
+from coembed.models.bridging import Bridge, check_bridge, check_bridge_task, pretrained_tokenizer
 from coembed.models.causal_lm import LMConfig, forward_with_prefix
 from coembed.towers.frozen_vision import image_tokens
 from coembed.towers.vit import VisionConfig
@@ -66,6 +66,10 @@ class LlavaConfig:
 
     def pretrained_tokenizer(self):
         return pretrained_tokenizer(self)
+
+    def check_task(self, task: str) -> None:
+        """Captioning, or VQA with a coembed LM (:func:`~coembed.models.bridging.check_bridge_task`)."""
+        check_bridge_task(self, task)
 
     def to_dict(self) -> dict:
         return {"family": "llava", **asdict(self)}

@@ -28,10 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from coembed.generation.spec import DecodingSpec
 from coembed.layers.attention import Attention
 from coembed.layers.mlp import Mlp
 from coembed.layers.transformer import mlp_hidden
-from coembed.models.bridging import Bridge, check_bridge, pretrained_tokenizer
+from coembed.errors import ConfigError
+from coembed.models.bridging import Bridge, check_bridge, check_bridge_task, pretrained_tokenizer
 from coembed.models.causal_lm import LMConfig, forward_with_prefix
 from coembed.towers.vit import VisionConfig
 
@@ -79,6 +81,13 @@ class QFormerConfig:
 
     def pretrained_tokenizer(self):
         return pretrained_tokenizer(self)
+
+    def check_task(self, task: str) -> None:
+        """Captioning in either stage; VQA in stage 2 only (stage 1 trains the Q-Former's own ITC/ITG/ITM)."""
+        check_bridge_task(self, task)
+        if task == "vqa" and self.stage == 1:
+            raise ConfigError("task 'vqa' trains the Q-Former through the LM: set model.stage=2 (stage 1 has its own "
+                              "ITC/ITG/ITM objective on captions)")
 
     def to_dict(self) -> dict:
         return {"family": "qformer", **asdict(self)}
@@ -184,6 +193,13 @@ class QFormer(Bridge):
     @property
     def pad_id(self) -> int:
         return self.cfg.pad_id if self.cfg.stage == 1 else self.cfg.lm.pad_id
+
+    def decoding_spec(self, tokenizer) -> DecodingSpec:
+        """Stage 2: the LM's (:func:`~coembed.models.bridging.bridge_spec`); stage 1: the ITG decoder's
+        ``<sot> ... <eot>`` rows (the Q-Former's own text ids, coembed's tokenizer)."""
+        if self.cfg.stage == 2:
+            return super().decoding_spec(tokenizer)
+        return DecodingSpec((tokenizer.sot_id,), self.cfg.eot_id, self.cfg.pad_id, self.cfg.context_length)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, N, width): the frozen tower's tokens at the Q-Former's width."""

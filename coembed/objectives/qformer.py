@@ -12,7 +12,8 @@ Stage 1, three terms, each one Q-Former pass under its attention mask:
   (:func:`~coembed.losses.matching.sample_itm_negatives`, same-image candidates excluded), and the
   manifest's false caption of each image when the batch has them.
 
-Stage 2, one term ``lm``: the frozen LM's next-token loss on the caption after the soft prompts.
+Stage 2, one term ``lm``: the frozen LM's next-token loss on the caption after the soft prompts; with
+``task: vqa`` the term ``answer`` on the answer tokens instead (:mod:`coembed.objectives.bridge`).
 """
 
 from __future__ import annotations
@@ -24,16 +25,25 @@ from coembed.losses.captioning import caption_loss
 from coembed.losses.matching import itc_targets, itm_loss, sample_itm_negatives
 from coembed.models.qformer import QFormer, itc_mask, itg_mask, itm_mask
 from coembed.objectives import FusionBatch
-from coembed.objectives.bridge import caption_term
+from coembed.errors import ConfigError
+from coembed.objectives import bridge
 from coembed.objectives.common import pad_columns
 from coembed.towers.text_transformer import trim_padding
 
 
 def compute_losses(model: QFormer, batch: FusionBatch, *, progress: float, weights: dict[str, float],
                    generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Stage 1: ``{"itc", "itg", "itm"}``; stage 2: ``{"lm"}``. ``progress`` is unused."""
+    """Stage 1: ``{"itc", "itg", "itm"}``; stage 2: ``{"lm"}`` or, on question-answer rows, ``{"answer"}``.
+    ``progress`` is unused.
+
+    Raises:
+        ConfigError: question-answer rows in stage 1 (the trainer refuses that earlier; this is the guard
+            for direct callers).
+    """
     if model.cfg.stage == 2:
-        return {"lm": caption_term(model, batch.images, batch.tokens)}
+        return bridge.compute_losses(model, batch, progress=progress, weights=weights, generator=generator)
+    if batch.qa_tokens is not None:
+        raise ConfigError("a Q-Former in stage 1 trains on captions (ITC/ITG/ITM); VQA needs model.stage=2")
     pad = model.cfg.pad_id
     tokens = trim_padding(batch.tokens, pad)  # (B, T)
     ids = batch.image_ids.to(tokens.device, torch.long)

@@ -235,17 +235,23 @@ def _qa_texts(samples: list) -> Iterator[str]:
         yield from s.meta["answers"]
 
 
-def _check_task(cfg: TrainConfig, family: str) -> None:
-    """A VQA model (a family with a ``vqa_kind``) trains with task 'vqa', and only a VQA model does."""
+def _check_task(cfg: TrainConfig, model_cfg) -> None:
+    """A model config with ``check_task`` (the bridges, the causal LM) says which tasks it trains with;
+    otherwise a VQA model (a family with a ``vqa_kind``) trains with task 'vqa', and only a VQA model does."""
+    if callable(getattr(model_cfg, "check_task", None)):
+        model_cfg.check_task(cfg.task)
+        return
+    family = model_cfg.to_dict()["family"]
     vqa_model = getattr(model_class(family), "vqa_kind", None) is not None
     if vqa_model != (cfg.task == "vqa"):
         raise ConfigError(f"preset {cfg.preset!r} is a {family} model, which answers questions: set task: vqa" if vqa_model else
-                          f"task 'vqa' needs a VQA model (preset vqa-albef-tiny or vqa-blip-tiny); {cfg.preset!r} is a {family} model")
+                          f"task 'vqa' needs a VQA model (preset vqa-albef-tiny, vqa-blip-tiny, or a bridge: llava-tiny, "
+                          f"flamingo-tiny, qformer-tiny with model.stage=2); {cfg.preset!r} is a {family} model")
 
 
 def _prepare(cfg: TrainConfig, resume: bool, env: DistEnv) -> _Run:
     torch.manual_seed(cfg.seed)
-    _check_task(cfg, get_preset(cfg.preset).to_dict()["family"])  # a resumed run keeps its preset and task
+    _check_task(cfg, apply_overrides(get_preset(cfg.preset), cfg.model))  # a resumed run keeps its preset, model and task
     data = _training_data(cfg)
     samples, skipped = data.samples, data.skipped
     out = Path(cfg.out)
