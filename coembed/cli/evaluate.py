@@ -39,6 +39,8 @@ def _add_captioning_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-length", type=positive_int, help="tokens per caption, <sot> and <eot> included (default: the "
                    "model's context length)")
     g.add_argument("--max-images", type=positive_int, help="caption only the split's first N images")
+    g.add_argument("--prompt", help="text every caption continues (and begins with); required for a bridge to a Hugging "
+                   "Face LM whose tokenizer adds no start token (GPT-2)")
     g.add_argument("--predictions", metavar="FILE", help="also write each image's caption and references here (JSONL)")
 
 
@@ -123,6 +125,8 @@ def _run_captioning(args: argparse.Namespace, loaded) -> int:
     decoding = {"num_beams": args.num_beams} if args.method == "beam" else {}
     if args.max_length is not None:
         decoding["max_length"] = args.max_length
+    if args.prompt:
+        decoding["prompt"] = args.prompt
     try:
         result = evaluate_captioning(loaded.model, loaded.tokenizer, root, samples, method=args.method,
                                      batch_size=args.batch_size, progress=progress_callback("caption"), **decoding)

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 import coembed
 from coembed.cli.main import main
@@ -113,3 +114,30 @@ def test_a_max_length_beyond_the_model_is_a_one_line_error(coca_run: Path, shape
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "max_length" in err[0]
 
+
+
+def test_a_bridge_to_a_gpt2_lm_needs_and_takes_a_prompt(shapes_data: Path, tmp_path: Path, capsys) -> None:
+    from coembed.interop.hf_tokenizer import read_hf_tokenizer
+    from coembed.loading import save
+    from coembed.models.causal_lm import LMConfig
+    from coembed.models.llava import Llava, LlavaConfig
+    from tests.models.bridge_helpers import TINY_VISION, add_word_tokenizer, gpt2_folder
+
+    folder = gpt2_folder(tmp_path, positions=40)
+    add_word_tokenizer(folder)
+    torch.manual_seed(0)
+    save(tmp_path / "llava", Llava(LlavaConfig(lm=LMConfig(path=str(folder)), vision=TINY_VISION, context_length=12)),
+         read_hf_tokenizer(folder))
+    capsys.readouterr()  # transformers' save progress
+    argv = ["eval", "--task", "captioning", "--checkpoint", str(tmp_path / "llava"), "--data", str(shapes_data), "--max-images", "3",
+            "--max-length", "8", "--json"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prompt is required" in err[0]
+    assert main([*argv, "--prompt", "a big"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    model, _, tokenizer = coembed.load(tmp_path / "llava")
+    root = shapes_data / "test"
+    want = evaluate_captioning(model, tokenizer, root, read_samples(root)[0][:3], max_length=8, prompt="a big")
+    assert printed["decoding"]["prompt"] == "a big" and printed["metrics"] == pytest.approx(want.metrics)
+    assert all(p["caption"].startswith("a big") for p in want.predictions)
