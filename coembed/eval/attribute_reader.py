@@ -141,7 +141,7 @@ class AttributeReader(nn.Module):
         self.config = config
         w = config.width
         layers = _conv(3, w, config.image_size // 32)  # (B, w, 32, 32)
-        for cin, cout, extra in ((w, 2 * w, False), (2 * w, 4 * w, True), (4 * w, 4 * w, True)):
+        for cin, cout, extra in ((w, 2 * w, True), (2 * w, 4 * w, True), (4 * w, 4 * w, True)):
             layers += _conv(cin, cout, 2) + (_conv(cout, cout, 1) if extra else [])  # 16, 8, 4 px
         self.features = nn.Sequential(*layers)  # (B, 4w, 4, 4)
         self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * 16, config.hidden), nn.GELU())
