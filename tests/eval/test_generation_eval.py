@@ -48,6 +48,23 @@ class _ColourModel(nn.Module):
         return torch.stack([-cos, cos], dim=-1) * 5
 
 
+class _Signed(_ColourModel):
+    """Random linear embeddings: cosines of both signs (CLIP score clips the negative ones to 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w_img, self.w_txt = torch.randn(3 * 16 * 16, 4, generator=g), torch.randn(8, 4, generator=g)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        emb = (images.flatten(1) - 0.5) @ self.w_img
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        emb = tokens.float() @ self.w_txt
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+
 def _preprocess(img) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
 
@@ -74,11 +91,12 @@ def test_recall_at_1_and_clip_score_match_naive_loops() -> None:
     scores = torch.tensor([[0.9, 0.1, 0.2], [0.3, 0.3, 0.1], [0.1, 0.5, 0.0], [0.7, 0.6, 0.69]])
     naive = sum(all(row[0] > v for v in row[1:]) for row in scores.tolist()) / len(scores)
     assert gen.recall_at_1(scores) == pytest.approx(naive) == 0.5  # the tie in row 2 is a miss
-    scorer = _scorer()
+    scorer = gen.Scorer(_Signed(), _preprocess, _ColourTokenizer(), 8)
     images = torch.rand(5, 3, 16, 16)
-    texts = ["a red circle", "a blue star and a red ring", "green", "a cyan cross", "nothing"]
+    texts = ["a red circle", "a blue star and a red ring", "green red", "a cyan cross", "pink pink"]
     got = gen.clip_score(scorer, images, texts)
     x = scorer.images(images)
+    assert (got == 0).any() and (got > 0).any()  # both sides of the clip are exercised
     for i in range(5):
         cos = F.cosine_similarity(scorer.model.encode_image(x[i : i + 1]), scorer.model.encode_text(scorer.tokens([texts[i]])))
         assert got[i] == pytest.approx(100 * max(float(cos), 0.0), abs=1e-4)
