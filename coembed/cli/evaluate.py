@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from coembed.cli import eval_generation
 from coembed.cli.common import add_checkpoint_args, eprint, load_checkpoint, positive_int, print_json
 
 
@@ -13,10 +14,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint", description="Retrieval, zero-shot, linear probe and compositional evaluation.")
     add_checkpoint_args(p)
     p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--task", choices=("suite", "vqa", "captioning"), default="suite",
+    p.add_argument("--task", choices=("suite", "vqa", "captioning", "generation"), default="suite",
                    help="suite: retrieval, zero-shot, linear probe and compositional (default); vqa: VQA accuracy per "
                         "question type of a VQA model on SPLIT/vqa.jsonl (`coembed data vqa`); captioning: BLEU-1..4 "
-                        "and CIDEr-D of a captioning model's captions against the split's captions")
+                        "and CIDEr-D of a captioning model's captions against the split's captions; generation: score a "
+                        "text-to-image checkpoint's samples of test captions (see the --task generation options)")
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--out", help="write the metrics JSON here")
     p.add_argument("--json", action="store_true", help="print the metrics JSON instead of a table")
@@ -29,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rerank-score", choices=("itm", "itm+itc"), default="itm",
                    help="re-ranking score: ITM matched probability (ALBEF) or ITM + ITC cosine (BLIP); default itm")
     _add_captioning_args(p)
+    eval_generation.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -56,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         return _run_vqa(args, loaded)
     if args.task == "captioning":
         return _run_captioning(args, loaded)
+    if args.task == "generation":
+        return eval_generation.run(args, loaded)
     if args.rerank_k is not None and not has_itm(loaded.model):
         raise ConfigError(f"--rerank-k needs a model with an ITM head (a fusion family); {args.checkpoint} is a "
                           f"{type(loaded.model).__name__}")
