@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from coembed.cli import eval_generation
 from coembed.cli.common import add_checkpoint_args, eprint, load_checkpoint, positive_int, print_json
 
 
@@ -12,9 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint", description="Retrieval, zero-shot, linear probe and compositional evaluation.")
     add_checkpoint_args(p)
     p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--task", choices=("suite", "vqa"), default="suite",
+    p.add_argument("--task", choices=("suite", "vqa", "generation"), default="suite",
                    help="suite: retrieval, zero-shot, linear probe and compositional (default); vqa: VQA accuracy per "
-                        "question type of a VQA model on SPLIT/vqa.jsonl (`coembed data vqa`)")
+                        "question type of a VQA model on SPLIT/vqa.jsonl (`coembed data vqa`); generation: score a "
+                        "text-to-image checkpoint's samples of test captions (see the --task generation options)")
     p.add_argument("--split", default="test", help="split to evaluate (default test)")
     p.add_argument("--out", help="write the metrics JSON here")
     p.add_argument("--json", action="store_true", help="print the metrics JSON instead of a table")
@@ -25,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="leave out a task (repeatable); retrieval always runs")
     p.add_argument("--rerank-score", choices=("itm", "itm+itc"), default="itm",
                    help="re-ranking score: ITM matched probability (ALBEF) or ITM + ITC cosine (BLIP); default itm")
+    eval_generation.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -38,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_checkpoint(args)
     if args.task == "vqa":
         return _run_vqa(args, loaded)
+    if args.task == "generation":
+        return eval_generation.run(args, loaded)
     if args.rerank_k is not None and not has_itm(loaded.model):
         raise ConfigError(f"--rerank-k needs a model with an ITM head (a fusion family); {args.checkpoint} is a "
                           f"{type(loaded.model).__name__}")
