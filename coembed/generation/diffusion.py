@@ -3,7 +3,8 @@
 
 The DDIM step from ``t`` to the next timestep ``s`` of the schedule (``abar_{-1} = 1`` after the last)::
 
-    x0  = clip((x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), -1, 1)
+    x0  = clip((x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), -1, 1)        # eps-prediction, or
+    x0  = clip(sqrt(abar_t) x_t - sqrt(1 - abar_t) v, -1, 1)              # v-prediction (no division by sqrt(abar_t))
     eps = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)                       # consistent with the clipped x0
     sigma = eta * sqrt((1 - abar_s) / (1 - abar_t)) * sqrt(1 - abar_t / abar_s)
     x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z
@@ -14,7 +15,7 @@ The DDIM step from ``t`` to the next timestep ``s`` of the schedule (``abar_{-1}
 spaced "trailing" (``round(T - i T / steps) - 1``): the first is always T - 1, where the cosine schedule
 leaves no signal, so sampling starts from the noise the model was trained on.
 
-Guidance: ``eps = eps(null) + guidance * (eps(caption) - eps(null))``; ``guidance=1`` is the conditional
+Guidance: ``out = out(null) + guidance * (out(caption) - out(null))`` of the network's eps or v; ``guidance=1`` is the conditional
 model alone (one forward per step instead of two). Every image draws its noise from its own generator
 seeded by ``(seed, index)``, so an image depends on its prompt, the seed and its position only, not on
 the batch size.
@@ -29,7 +30,8 @@ import torch
 
 from coembed.models.diffusion import pixels_to_unit
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B, 3, S, S), t (B,)) -> eps (B, 3, S, S)
+# (x_t (B, 3, S, S), t (B,)) -> the network's prediction (B, 3, S, S): eps or v, as the model's cfg.prediction says
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
@@ -39,11 +41,22 @@ def ddim_timesteps(timesteps: int, steps: int) -> list[int]:
     return [int(round(timesteps - i * timesteps / steps)) - 1 for i in range(steps)]
 
 
-def ddim_step(x: torch.Tensor, eps: torch.Tensor, abar_t: float, abar_s: float, eta: float,
-              noise: torch.Tensor | None) -> torch.Tensor:
-    """One DDIM update of ``x`` (B, 3, S, S) at cumulative alpha ``abar_t`` to ``abar_s`` (module docstring);
-    ``noise`` (like ``x``) is used when ``eta > 0``."""
-    x0 = ((x - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)).clamp(-1, 1)
+def predicted_x0(x: torch.Tensor, out: torch.Tensor, abar_t: float, prediction: str) -> torch.Tensor:
+    """The clean image a prediction ``out`` (eps or v) implies for ``x`` at ``abar_t``, clipped to [-1, 1]."""
+    if prediction == "v":
+        x0 = math.sqrt(abar_t) * x - math.sqrt(1 - abar_t) * out
+    elif prediction == "eps":
+        x0 = (x - math.sqrt(1 - abar_t) * out) / math.sqrt(abar_t)
+    else:
+        raise ValueError(f"prediction must be 'eps' or 'v', got {prediction!r}")
+    return x0.clamp(-1, 1)
+
+
+def ddim_step(x: torch.Tensor, out: torch.Tensor, abar_t: float, abar_s: float, eta: float,
+              noise: torch.Tensor | None, prediction: str = "eps") -> torch.Tensor:
+    """One DDIM update of ``x`` (B, 3, S, S) at cumulative alpha ``abar_t`` to ``abar_s`` given the network's
+    ``out`` (module docstring); ``noise`` (like ``x``) is used when ``eta > 0``."""
+    x0 = predicted_x0(x, out, abar_t, prediction)
     eps = (x - math.sqrt(abar_t) * x0) / math.sqrt(1 - abar_t)
     sigma = eta * math.sqrt((1 - abar_s) / (1 - abar_t)) * math.sqrt(1 - abar_t / abar_s)
     out = math.sqrt(abar_s) * x0 + math.sqrt(max(1 - abar_s - sigma**2, 0.0)) * eps
@@ -56,38 +69,40 @@ def _randn(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.T
 
 
 def ddim_sample(denoise: Denoiser, abar: torch.Tensor, generators: list[torch.Generator], image_shape: tuple[int, ...], *,
-                steps: int, eta: float = 0.0, on_step: Callable[[int], None] | None = None) -> torch.Tensor:
+                steps: int, eta: float = 0.0, prediction: str = "eps", on_step: Callable[[int], None] | None = None) -> torch.Tensor:
     """Run DDIM from noise to images in [-1, 1]: (len(generators), *image_shape), on the CPU.
 
     Args:
-        denoise: the noise predictor (guidance already folded in).
+        denoise: the network (guidance already folded in).
         abar: cumulative alphas (T,) of the model's schedule.
         generators: one per image; each draws its initial noise, then one noise tensor per step when ``eta > 0``.
         image_shape: (3, S, S).
         steps: number of DDIM steps, 1..T.
         eta: 0 deterministic DDIM, 1 DDPM-like ancestral noise.
+        prediction: what ``denoise`` predicts, "eps" or "v".
         on_step: called with 1 after each step (a progress bar).
     """
     abar = abar.double().cpu()
     times = ddim_timesteps(len(abar), steps)
     x = _randn(generators, image_shape)
     for i, t in enumerate(times):
-        eps = denoise(x, torch.full((len(x),), t, dtype=torch.long)).float()
+        out = denoise(x, torch.full((len(x),), t, dtype=torch.long)).float()
         abar_s = float(abar[times[i + 1]]) if i + 1 < len(times) else 1.0
         noise = _randn(generators, image_shape) if eta > 0 else None
-        x = ddim_step(x, eps, float(abar[t]), abar_s, eta, noise)
+        x = ddim_step(x, out, float(abar[t]), abar_s, eta, noise, prediction)
         if on_step is not None:
             on_step(1)
     return x
 
 
-def guided(cond_eps: torch.Tensor, null_eps: torch.Tensor, guidance: float) -> torch.Tensor:
-    """Classifier-free guidance: ``null + guidance * (cond - null)``."""
-    return null_eps + guidance * (cond_eps - null_eps)
+def guided(cond: torch.Tensor, null: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guidance: ``null + guidance * (cond - null)`` (of eps, or equivalently of v: both are
+    linear in the score at a fixed x_t)."""
+    return null + guidance * (cond - null)
 
 
 def guided_denoiser(model, tokens: torch.Tensor, guidance: float) -> Denoiser:
-    """The model's guided noise prediction for the captions ``tokens`` (B, T): one batched forward of the
+    """The model's guided prediction (eps or v) for the captions ``tokens`` (B, T): one batched forward of the
     caption and null conditions per call (only the caption's when ``guidance == 1``)."""
     device = next(model.parameters()).device
     context, mask, pooled = model.condition(tokens.to(device))
@@ -158,6 +173,6 @@ def sample_images(model, tokenizer, prompts: Sequence[str], *, steps: int = 50, 
         tokens = tokenizer(chunk, context_length=context_length(model))  # (b, T)
         generators = [image_generator(seed, start + i) for i in range(len(chunk))]
         x = ddim_sample(guided_denoiser(model, tokens, guidance), model.alphas_cumprod, generators,
-                        (3, cfg.image_size, cfg.image_size), steps=steps, eta=eta, on_step=on_step)
+                        (3, cfg.image_size, cfg.image_size), steps=steps, eta=eta, prediction=cfg.prediction, on_step=on_step)
         out.append(pixels_to_unit(x))
     return torch.cat(out)

@@ -19,8 +19,12 @@ null condition (one null token for the cross-attention, a null pooled embedding 
 mixes the conditional and null predictions (:mod:`coembed.generation.diffusion`).
 
 Diffusion choices: the cosine noise schedule (Nichol & Dhariwal 2021, ``schedule="cosine"``; ``"linear"``
-is DDPM's) over ``timesteps`` steps, epsilon-prediction (the network predicts the added noise), pixels in
-[-1, 1]. The trainer hands images normalised with CLIP's mean/std; :meth:`Diffusion.to_pixels` undoes
+is DDPM's) over ``timesteps`` steps, v-prediction (Salimans & Ho 2022: the network predicts
+``v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0``; ``prediction="eps"`` is DDPM's noise prediction), pixels in
+[-1, 1]. Why v: with the cosine schedule alpha_bar at the first sampling step is ~2e-9, and an
+eps-predictor's clean-image estimate ``(x_t - sqrt(1 - abar) eps) / sqrt(abar)`` divides its error by
+~5e-5; our first eps run (250 steps) sampled pure noise for that reason, while v gives the clean image
+without a division (``sqrt(abar) x_t - sqrt(1 - abar) v``) and a short run already samples shapes. The trainer hands images normalised with CLIP's mean/std; :meth:`Diffusion.to_pixels` undoes
 that, :func:`pixels_to_unit` maps samples back to [0, 1].
 """
 
@@ -40,6 +44,7 @@ from coembed.towers.text_transformer import TextConfig, TextTransformer
 from coembed.transforms import CLIP_MEAN, CLIP_STD
 
 SCHEDULES = ("cosine", "linear")
+PREDICTIONS = ("eps", "v")
 COSINE_OFFSET = 0.008  # Nichol & Dhariwal's s: keeps beta_0 from being vanishingly small
 MAX_BETA = 0.999  # their clip of the cosine schedule's last betas (alpha_bar -> 0 at t = T)
 # `tiny`'s text tower: what a model without text_path builds (random weights, for tests).
@@ -81,6 +86,12 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, abar: torch
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
+def v_target(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """The v-prediction target ``v = sqrt(abar_t) noise - sqrt(1 - abar_t) x0`` (Salimans & Ho 2022, eq. 9)."""
+    a = abar.to(x0.device)[t].to(x0.dtype).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+    return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+
 def pixels_to_unit(x: torch.Tensor) -> torch.Tensor:
     """Model pixels in [-1, 1] -> images in [0, 1] (clamped)."""
     return ((x + 1) / 2).clamp(0, 1)
@@ -103,6 +114,7 @@ class DiffusionConfig:
     dropout: float = 0.0
     timesteps: int = 1000
     schedule: str = "cosine"
+    prediction: str = "v"  # what the network predicts: "eps" (the noise, DDPM) or "v" (Salimans & Ho 2022)
     cond_dropout: float = 0.1  # share of captions replaced by the null condition in training (CFG)
     text: TextConfig | None = None  # None: read from text_path (or `tiny`'s text tower without one)
     text_path: str = ""  # a coembed dual-encoder checkpoint whose text tower conditions the model
@@ -119,6 +131,8 @@ class DiffusionConfig:
         self._check_levels()
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
         for name in ("dropout", "cond_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from coembed.models.diffusion import q_sample
+from coembed.models.diffusion import q_sample, v_target
 from coembed.objectives import FusionBatch
 
 
@@ -29,14 +29,16 @@ def draws(model, batch: int, size: int, generator: torch.Generator, *, cond_drop
 
 def denoise_loss(model, images: torch.Tensor, tokens: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
                  drop: torch.Tensor | None) -> torch.Tensor:
-    """MSE between the predicted and the true noise of ``images`` (trainer-normalised, (B, 3, S, S))
-    noised to timesteps ``t`` (B,) with ``noise``; captions ``tokens`` (B, T), dropped where ``drop``."""
+    """MSE between the prediction and its target (the noise, or v with ``prediction="v"``) for ``images``
+    (trainer-normalised, (B, 3, S, S)) noised to timesteps ``t`` (B,) with ``noise``; captions ``tokens``
+    (B, T), dropped where ``drop``."""
     device = images.device
     x0 = model.to_pixels(images)  # (B, 3, S, S) in [-1, 1]
     t, noise = t.to(device), noise.to(device, x0.dtype)
     x_t = q_sample(x0, t, noise, model.alphas_cumprod)
     context, mask, pooled = model.condition(tokens, None if drop is None else drop.to(device))
-    return F.mse_loss(model(x_t, t, context, mask, pooled).float(), noise.float())
+    target = noise if model.cfg.prediction == "eps" else v_target(x0, t, noise, model.alphas_cumprod)
+    return F.mse_loss(model(x_t, t, context, mask, pooled).float(), target.float())
 
 
 def compute_losses(model, batch: FusionBatch, *, progress: float, weights: dict[str, float],

@@ -140,3 +140,33 @@ def test_sample_images_refuses_bad_arguments(kwargs: dict, match: str) -> None:
     prompts = kwargs.pop("prompts", ["a red star"])
     with pytest.raises(ValueError, match=match):
         sample_images(model, tokenizer, prompts, **kwargs)
+
+
+@pytest.mark.parametrize("steps,eta", [(20, 0.0), (10, 1.0)])
+def test_v_prediction_ddim_matches_diffusers(steps: int, eta: float) -> None:
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True,
+                                    set_alpha_to_one=True, timestep_spacing="trailing", prediction_type="v_prediction")
+    sched.set_timesteps(steps)
+    ours = ddim_sample(fake_eps, alphas_cumprod("cosine", 1000), generators(2), SHAPE, steps=steps, eta=eta, prediction="v")
+    gens = generators(2)
+    x = torch.stack([torch.randn(SHAPE, generator=g) for g in gens])
+    for t in sched.timesteps:
+        noise = torch.stack([torch.randn(SHAPE, generator=g) for g in gens]) if eta > 0 else None
+        x = sched.step(fake_eps(x, torch.full((2,), int(t))), t, x, eta=eta, use_clipped_model_output=True,
+                       variance_noise=noise).prev_sample
+    torch.testing.assert_close(ours, x, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("steps,eta", [(1, 0.0), (10, 1.0)])
+def test_a_model_predicting_the_true_v_recovers_x0(steps: int, eta: float) -> None:
+    abar = alphas_cumprod("cosine", 1000)
+    x0 = torch.rand(2, *SHAPE) * 2 - 1
+
+    def true_v(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = abar[t].view(-1, 1, 1, 1).double()
+        noise = (x.double() - a.sqrt() * x0) / (1 - a).sqrt()
+        return (a.sqrt() * noise - (1 - a).sqrt() * x0).float()
+
+    out = ddim_sample(true_v, abar, generators(2), SHAPE, steps=steps, eta=eta, prediction="v")
+    torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)  # one step suffices: v gives x0 without dividing by sqrt(abar)
