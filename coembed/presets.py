@@ -200,8 +200,9 @@ def _diffusion_tiny() -> DiffusionConfig:
     # 16 and 8 px with 48 and 96 channels; a full-resolution level cost ~2x the time per step for no
     # visible gain on flat-coloured shapes), self- and cross-attention at 8 px and in the middle. The
     # text tower is `tiny`'s: set text_path to a trained `tiny` run to condition on its encoder.
+    # v-prediction: an eps-predictor sampled noise after 250 steps (models/diffusion.py explains why).
     return DiffusionConfig(image_size=32, patch_size=2, channels=[48, 96], res_blocks=1, attention_levels=[1], heads=4,
-                           groups=8, timesteps=1000, schedule="cosine", cond_dropout=0.1, text=TINY_TEXT)
+                           groups=8, timesteps=1000, schedule="cosine", prediction="v", cond_dropout=0.1, text=TINY_TEXT)
 
 
 # name -> a function returning a fresh config of any registered family (its ``to_dict()`` names it).

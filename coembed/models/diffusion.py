@@ -114,7 +114,9 @@ class DiffusionConfig:
     dropout: float = 0.0
     timesteps: int = 1000
     schedule: str = "cosine"
-    prediction: str = "v"  # what the network predicts: "eps" (the noise, DDPM) or "v" (Salimans & Ho 2022)
+    # What the network predicts: "eps" (the noise, DDPM; the default, so a checkpoint saved before this field
+    # existed reads as what it is) or "v" (Salimans & Ho 2022; the preset's)
+    prediction: str = "eps"
     cond_dropout: float = 0.1  # share of captions replaced by the null condition in training (CFG)
     text: TextConfig | None = None  # None: read from text_path (or `tiny`'s text tower without one)
     text_path: str = ""  # a coembed dual-encoder checkpoint whose text tower conditions the model

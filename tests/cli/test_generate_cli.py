@@ -67,3 +67,10 @@ def test_bad_steps_flag_and_non_diffusion_checkpoint(diffusion_run: Path, tiny_c
     assert "--steps" in capsys.readouterr().err
     assert main(["generate", "--checkpoint", str(tiny_checkpoint), "a red star", "--out", str(tmp_path / "x.png")]) == 2
     assert "dual_encoder model, which does not generate images" in capsys.readouterr().err
+
+
+def test_help_names_the_options(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and all(flag in out for flag in ("--steps", "--guidance", "--eta", "--seed", "--n", "--out"))
