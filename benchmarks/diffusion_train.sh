@@ -6,7 +6,8 @@
 #      val/test: single-object scenes only.
 #   2. stage 1: eps-prediction, 250 steps kept (the run was stopped at step 320: its samples were noise, see
 #      the docs); stage 2: v-prediction warm-started from stage 1's step-250 weights, 420 steps.
-#   3. samples grid and the reader's scores on single-object test prompts.
+#   3. stage 3: v-prediction warm-started from stage 2's final weights, 400 steps.
+#   4. samples grid and the reader's scores on single-object test prompts.
 set -e
 export OMP_NUM_THREADS=1
 PY=${PY:-/work/main/.venv-test/bin/python}
@@ -37,6 +38,9 @@ COMMON="--preset diffusion-tiny --data $B/shapes32 --set model.text_path=$TEXT -
 # stage 2
 [ -d $B/diffusion-v/checkpoint ] || $PY -m coembed train $COMMON --out $B/diffusion-v --set init_from=$B/diffusion-eps-250 \
   --max-steps 420 --set lr=4e-4 --set warmup_steps=20 --set val_every=140 --set save_every=70
-$PY -m coembed eval --task generation --checkpoint $B/diffusion-v --data $B/data/shapes32 --scorer $TEXT \
+# stage 3
+[ -d $B/diffusion-v2/checkpoint ] || $PY -m coembed train $COMMON --out $B/diffusion-v2 --set init_from=$B/diffusion-v \
+  --max-steps 400 --set lr=3e-4 --set warmup_steps=10 --set val_every=200 --set save_every=100
+$PY -m coembed eval --task generation --checkpoint $B/diffusion-v2 --data $B/data/shapes32 --scorer $TEXT \
   --reader $B/readers/r32 --layouts single --prompts-per-layout 100 --steps 25 --guidance 3 --seed 0 \
-  --out $B/eval/diffusion-v-single.json --grid $B/eval/diffusion-v-single-grid.png
+  --out $B/eval/diffusion-v2-single.json --grid $B/eval/diffusion-v2-single-grid.png
