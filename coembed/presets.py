@@ -20,6 +20,7 @@ from coembed.models.causal_lm import CausalLMConfig, LMConfig
 from coembed.models.blip_captioner import BlipCaptionerConfig, BlipTextConfig
 from coembed.models.blip_vqa import BlipVQAConfig
 from coembed.models.coca import CocaConfig, CocaTextConfig
+from coembed.models.diffusion import TINY_TEXT, DiffusionConfig
 from coembed.models.dual_encoder import DualEncoderConfig
 from coembed.models.flamingo import FlamingoConfig
 from coembed.models.families import model_class
@@ -194,12 +195,23 @@ def _vqa_blip_tiny() -> BlipVQAConfig:
     return BlipVQAConfig(vision=blip.vision, text=blip.text, label_smoothing=blip.label_smoothing, max_answer_tokens=8)
 
 
+def _diffusion_tiny() -> DiffusionConfig:
+    # A text-to-image U-Net sized for this CPU at 32 px: a 2x2 space-to-depth first (the U-Net runs at
+    # 16 and 8 px with 48 and 96 channels; a full-resolution level cost ~2x the time per step for no
+    # visible gain on flat-coloured shapes), self- and cross-attention at 8 px and in the middle. The
+    # text tower is `tiny`'s: set text_path to a trained `tiny` run to condition on its encoder.
+    # v-prediction: an eps-predictor sampled noise after 250 steps (models/diffusion.py explains why).
+    return DiffusionConfig(image_size=32, patch_size=2, channels=[48, 96], res_blocks=1, attention_levels=[1], heads=4,
+                           groups=8, timesteps=1000, schedule="cosine", prediction="v", cond_dropout=0.1, text=TINY_TEXT)
+
+
 # name -> a function returning a fresh config of any registered family (its ``to_dict()`` names it).
 _PRESETS: dict[str, Callable[[], Any]] = {
     "albef-minilm": _albef_minilm,
     "albef-tiny": _albef_tiny,
     "blip-tiny": _blip_tiny,
     "coca-tiny": _coca_tiny,
+    "diffusion-tiny": _diffusion_tiny,
     "flamingo-tiny": _flamingo_tiny,
     "llava-tiny": _llava_tiny,
     "lm-tiny": _lm_tiny,
@@ -263,9 +275,15 @@ def _switch_text_tower(family: str, data: dict[str, Any], flat: dict[str, Any]) 
 
 def _reset_path_sections(data: dict[str, Any], flat: dict[str, Any]) -> None:
     """A bridge's ``vision_path`` or ``lm.path`` given anew re-reads what the folder decides: the vision
-    section (unless ``vision.*`` is given too) and the LM's kind and shape."""
+    section (unless ``vision.*`` is given too) and the LM's kind and shape; a diffusion model's
+    ``text_path`` its text tower's section, projection width and activation (the trainer's tokenizer ids
+    for ``text.*`` then apply to it unchanged, as they come from the same folder)."""
     if "vision_path" in flat and "vision" in data and not any(k.startswith("vision.") for k in flat):
         data["vision"] = None
+    if flat.get("text_path") and "text_embed_dim" in data:
+        from coembed.models.diffusion import text_sections
+
+        data.update(text_sections(flat["text_path"]))
     if "lm.path" in flat and isinstance(data.get("lm"), dict) and "lm.kind" not in flat:
         data["lm"]["kind"], data["lm"]["hf"] = "", None
 

@@ -8,12 +8,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from coembed.cli import caption, classify, convert, data, demo, embed, evaluate, explain, export, index, search, serve, tag, train
+from coembed.cli import caption, classify, convert, data, demo, embed, evaluate, explain, export, generate, index, search, serve, tag, train
 from coembed.cli import train_reader
 from coembed.cli.common import printable
 from coembed.errors import CoembedError
 
-COMMANDS = (data, train, train_reader, evaluate, embed, classify, caption, convert, export, index, search, tag, serve, explain, demo)
+COMMANDS = (data, train, train_reader, evaluate, embed, classify, caption, generate, convert, export, index, search, tag, serve, explain,
+            demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ FAMILIES: dict[str, str] = {
     "blip": "coembed.models.blip_captioner:BlipCaptioner",
     "vqa_classifier": "coembed.models.vqa_classifier:VQAClassifier",
     "blip_vqa": "coembed.models.blip_vqa:BlipVQA",
+    "diffusion": "coembed.models.diffusion:Diffusion",
 }
 OBJECTIVES: dict[str, str] = {
     "albef": "coembed.objectives.albef",
@@ -41,6 +42,7 @@ OBJECTIVES: dict[str, str] = {
     "blip": "coembed.objectives.blip",
     "vqa_classifier": "coembed.objectives.vqa_classifier",
     "blip_vqa": "coembed.objectives.blip_vqa",
+    "diffusion": "coembed.objectives.diffusion",
 }
 # Image-only families: the trainer still tokenizes each batch's captions, and their objective ignores them.
 IMAGE_ONLY: frozenset[str] = frozenset({"mae"})

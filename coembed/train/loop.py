@@ -363,6 +363,10 @@ def validate(model: torch.nn.Module, tokenizer: Tokenizer, root: Path, samples: 
         out["val_itm_pair_acc"] = itm_pair_accuracy(model, tokenizer, root, samples)
     if model.cfg.to_dict().get("family") == "mae":
         out["val_mae"] = mae_validation_loss(model, root, samples)
+    if model.cfg.to_dict().get("family") == "diffusion":
+        from coembed.objectives.diffusion import split_validation_loss
+
+        out["val_denoise"] = split_validation_loss(model, tokenizer, root, samples)
     if is_captioner(model):
         out["val_caption_loss"] = caption_validation_loss(model, tokenizer, root, samples)
     return out
