@@ -4,29 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from coembed.cli.common import add_checkpoint_args, eprint, non_negative_int, positive_int, print_json
+from coembed.cli.common import POSITIVE_FLOAT, PROBABILITY, add_checkpoint_args, eprint, non_negative_int, positive_int, print_json
 
 BATCH = 16  # images decoded together: a beam search runs BATCH * num_beams rows
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,9 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("greedy", "beam", "nucleus"), default="greedy", help="decoding method (default greedy)")
     p.add_argument("--num-beams", type=positive_int, default=3, help="beams of --method beam (default 3)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="beam score = log-prob / length**penalty (default 1)")
-    p.add_argument("--top-p", type=_probability, default=0.9, help="nucleus mass of --method nucleus (default 0.9)")
+    p.add_argument("--top-p", type=PROBABILITY, default=0.9, help="nucleus mass of --method nucleus (default 0.9)")
     p.add_argument("--top-k", type=non_negative_int, default=0, help="also keep only the k likeliest tokens (0 = off)")
-    p.add_argument("--temperature", type=_positive_float, default=1.0, help="sampling temperature (default 1)")
+    p.add_argument("--temperature", type=POSITIVE_FLOAT, default=1.0, help="sampling temperature (default 1)")
     p.add_argument("--max-length", type=positive_int, default=32, help="tokens per caption, <sot> and <eot> included (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of --method nucleus (default 0)")
     p.add_argument("--prompt", default=None, help="text each caption continues (and begins with); required for a bridge "

@@ -56,6 +56,35 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def float_in(low: float, high: float = float("inf"), *, include_low: bool = True, include_high: bool = True):
+    """An argparse ``type``: a float in the interval from ``low`` to ``high`` (NaN and, unless ``high`` is
+    infinite and included, infinity refused), with an error that states the interval."""
+    import argparse
+
+    if high == float("inf"):
+        want = f"a {'finite ' if not include_high else ''}number {'>=' if include_low else '>'} {low:g}"
+    else:
+        want = f"a number in {'[' if include_low else '('}{low:g}, {high:g}{']' if include_high else ')'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        above = value >= low if include_low else value > low
+        below = value <= high if include_high else value < high
+        if not (above and below):  # NaN fails both
+            raise argparse.ArgumentTypeError(f"expected {want}, got {value}")
+        return value
+
+    return parse
+
+
+PROBABILITY = float_in(0.0, 1.0, include_low=False)  # (0, 1]: a nucleus mass
+POSITIVE_FLOAT = float_in(0.0, include_low=False)  # > 0: a temperature
+NON_NEGATIVE_FLOAT = float_in(0.0, include_high=False)  # finite, >= 0: a guidance scale, an eta
+
+
 CHECKPOINT_HELP = ("coembed checkpoint or run folder, OpenCLIP/OpenAI state dict (.safetensors/.pt/.bin, or a folder "
                    "with open_clip_config.json), or Hugging Face CLIPModel/SiglipModel folder")
 

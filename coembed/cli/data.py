@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from coembed.cli.common import eprint, non_negative_int, positive_int, print_json, progress_callback
+from coembed.cli.common import eprint, float_in, non_negative_int, positive_int, print_json, progress_callback
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -113,7 +113,7 @@ def run_corrupt(args: argparse.Namespace) -> int:
 
 
 def _register_capfilt(data_sub: argparse._SubParsersAction) -> None:
-    from coembed.cli.caption import _probability
+    from coembed.cli.common import PROBABILITY
 
     cf = data_sub.add_parser(
         "capfilt", help="BLIP's CapFilt: add synthetic captions, drop the captions an ITM filter judges unmatched",
@@ -135,7 +135,7 @@ def _register_capfilt(data_sub: argparse._SubParsersAction) -> None:
     cf.add_argument("--calibrate", metavar="DIR",
                     help="with --threshold auto: a set with known corruption (`coembed data corrupt` of a clean val split) "
                          "the filter scores first to choose the threshold")
-    cf.add_argument("--top-p", type=_probability, default=0.9, help="nucleus mass of the captioner's sampling (default 0.9)")
+    cf.add_argument("--top-p", type=PROBABILITY, default=0.9, help="nucleus mass of the captioner's sampling (default 0.9)")
     cf.add_argument("--max-length", type=positive_int, default=32,
                     help="tokens per synthetic caption, <sot>/<eot> included (default 32)")
     cf.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")
@@ -146,17 +146,7 @@ def _register_capfilt(data_sub: argparse._SubParsersAction) -> None:
 
 
 def _threshold(text: str) -> float | str:
-    return "auto" if text == "auto" else _probability_or_zero(text)
-
-
-def _probability_or_zero(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
-    return value
+    return "auto" if text == "auto" else float_in(0.0, 1.0)(text)
 
 
 def run_capfilt(args: argparse.Namespace) -> int:

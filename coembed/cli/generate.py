@@ -12,19 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-from coembed.cli.common import add_checkpoint_args, non_negative_int, positive_int, print_json
+from coembed.cli.common import NON_NEGATIVE_FLOAT, add_checkpoint_args, non_negative_int, positive_int, print_json
 
 UPSCALE_LIMIT = 128  # grid cells are upscaled (nearest) to at least this side, so 32 px samples are visible
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):  # also refuses nan
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
-    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompts", nargs="+", metavar="PROMPT")
     p.add_argument("--out", required=True, help="a .png file (one image) or a folder")
     p.add_argument("--steps", type=positive_int, default=50, help="DDIM steps (default 50; at most the model's timesteps)")
-    p.add_argument("--guidance", type=_non_negative_float, default=3.0, help="classifier-free guidance scale (default 3; 1 = none)")
-    p.add_argument("--eta", type=_non_negative_float, default=0.0, help="DDIM eta in [0, 1] (default 0, deterministic)")
+    p.add_argument("--guidance", type=NON_NEGATIVE_FLOAT, default=3.0, help="classifier-free guidance scale (default 3; 1 = none)")
+    p.add_argument("--eta", type=NON_NEGATIVE_FLOAT, default=0.0, help="DDIM eta in [0, 1] (default 0, deterministic)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     p.add_argument("--n", type=positive_int, default=1, help="images per prompt (default 1)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images denoised together (default 32)")

@@ -88,7 +88,7 @@ def test_a_checkpoint_without_a_captioning_head_is_a_one_line_error(tiny_checkpo
 
 @pytest.mark.parametrize(("argv", "needle"), [(["--max-length", "99"], "--max-length must be in [2, 48]"),
                                               (["--top-p", "0"], "expected a number in (0, 1]"),
-                                              (["--temperature", "nan"], "expected a positive number")])
+                                              (["--temperature", "nan"], "expected a number > 0")])
 def test_bad_options_are_named(blip_run: Path, images: list[str], capsys, argv, needle) -> None:
     try:
         code = main(["caption", "--checkpoint", str(blip_run), images[0], *argv])
