@@ -3,6 +3,7 @@ console script), plus quick in-process checks of user errors."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import subprocess
@@ -19,7 +20,9 @@ import coembed
 from coembed.cli.main import main
 from tests.helpers import copy_test_images
 
-SUBCOMMANDS = [["data"], ["data", "shapes"], ["data", "vqa"], ["data", "filter"], ["data", "corrupt"], ["data", "capfilt"], ["train"], ["eval"], ["embed"], ["classify"], ["convert"], ["export"], ["index"], ["search"], ["tag"], ["serve"], ["explain"], ["demo"]]
+SUBCOMMANDS = [["data"], ["data", "shapes"], ["data", "vqa"], ["data", "filter"], ["data", "corrupt"], ["data", "capfilt"], ["train"],
+               ["train-reader"], ["eval"], ["embed"], ["classify"], ["caption"], ["generate"], ["convert"], ["export"], ["index"],
+               ["search"], ["tag"], ["serve"], ["explain"], ["demo"]]
 ENTRY_POINT = Path(sys.executable).parent / "coembed"
 
 
@@ -47,8 +50,15 @@ def test_entry_point_is_installed() -> None:
     assert ENTRY_POINT.is_file() or shutil.which("coembed")
     proc = run("--help", entry=True)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: coembed")
-    for command in ("data", "train", "eval", "embed", "classify", "index", "search", "tag", "serve", "explain", "demo"):
+    for command in {words[0] for words in SUBCOMMANDS}:
         assert command in proc.stdout
+
+
+def test_every_registered_command_has_a_help_test() -> None:
+    from coembed.cli.main import build_parser
+
+    actions = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(actions[0].choices) == {words[0] for words in SUBCOMMANDS}
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=["-".join(w) for w in SUBCOMMANDS])
