@@ -86,7 +86,7 @@ def synthetic_report(out: Path, arm: str, baseline: str | None) -> None:
     if not generated:
         return
     kept_synth = {i: t for i, caps in kept.items() for o, t in caps if o == "synthetic"}
-    print("synthetic captions | n | exact (tokenised) | BLEU-4 | CIDEr-D\n|---|---|---|---|---|")
+    print("| synthetic captions | n | exact (tokenised) | BLEU-4 | CIDEr-D |\n|---|---|---|---|---|")
     for name, subset in (("generated", generated), ("kept", kept_synth)):
         for which, flag in (("all", None), ("corrupted images", True), ("intact images", False)):
             part = {i: c for i, c in subset.items() if flag is None or truth[i][0] == flag}
