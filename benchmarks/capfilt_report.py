@@ -17,6 +17,7 @@ from pathlib import Path
 
 from coembed.data.capfilt import REPORT_FILE, SCORES_FILE
 from coembed.data.corrupt import corruption_truth
+from coembed.eval.captioning import caption_metrics, tokenize
 
 SWEEP = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -42,19 +43,64 @@ def precision_recall(rows: list[tuple[bool, float]], threshold: float) -> dict[s
             "clean_kept": sum(not bad and score >= threshold for bad, score in rows) / max(1, len(rows) - corrupted)}
 
 
-def synthetic_exact(out: Path, arm: str) -> tuple[int, int]:
-    """(synthetic captions that are exactly one of their image's true captions, synthetic captions)."""
+def true_captions(out: Path) -> dict[str, tuple[bool, list[str]]]:
+    """Real image path -> (its web captions were corrupted, its true captions: `original_captions` when
+    corrupted, its own captions otherwise), from the noisy training set."""
     noisy = out / "noisy" / "train"
-    own = {}
+    truth = {}
     for line in map(json.loads, (noisy / "captions.jsonl").read_text().splitlines()):
-        own[line["image"]] = set(line.get("original_captions", line["captions"]))
-    hits = total = 0
+        truth[os.path.realpath(noisy / line["image"])] = (any(line["corrupted"]), line.get("original_captions", line["captions"]))
+    return truth
+
+
+def kept_images(out: Path, arm: str) -> dict[str, list[tuple[str, str]]]:
+    """Real image path -> [(origin, caption)] of every caption CapFilt kept in OUT/ARM/train."""
+    folder = out / arm / "train"
+    kept = {}
+    for line in map(json.loads, (folder / "captions.jsonl").read_text().splitlines()):
+        kept[os.path.realpath(folder / line["image"])] = [(c["origin"], t) for c, t in zip(line["capfilt"], line["captions"])]
+    return kept
+
+
+def synthetic_quality(truth: dict, captions: dict[str, str]) -> dict[str, float]:
+    """Of synthetic captions (image -> caption): how many equal one of the image's true captions once
+    tokenised, and their BLEU-1..4 / CIDEr-D against the true captions."""
+    if not captions:
+        return {"captions": 0}
+    exact = sum(tokenize(c) in {tokenize(t) for t in truth[i][1]} for i, c in captions.items())
+    metrics = caption_metrics({i: truth[i][1] for i in captions}, captions)
+    return {"captions": len(captions), "exact": exact, **metrics}
+
+
+def synthetic_report(out: Path, arm: str, baseline: str | None) -> None:
+    """The synthetic captions of ARM: generated vs kept, correct (tokenised text equal to a true caption)
+    and BLEU / CIDEr-D against the true captions, split by corrupted / intact images; and the images ARM
+    keeps that BASELINE (a filter-only arm) dropped."""
+    truth, kept = true_captions(out), kept_images(out, arm)
+    noisy = out / "noisy" / "train"
+    generated = {}
     for record in map(json.loads, (out / arm / "train" / SCORES_FILE).read_text().splitlines()[1:]):
-        for c in record.get("captions", []):
-            if c["origin"] == "synthetic":
-                total += 1
-                hits += c["text"] in own.get(record["image"], ())
-    return hits, total
+        synth = [c["text"] for c in record.get("captions", []) if c["origin"] == "synthetic"]
+        if synth:  # --synthetic 1: one per image
+            generated[os.path.realpath(noisy / record["image"])] = synth[0]
+    if not generated:
+        return
+    kept_synth = {i: t for i, caps in kept.items() for o, t in caps if o == "synthetic"}
+    print("| synthetic captions | n | exact (tokenised) | BLEU-4 | CIDEr-D |\n|---|---|---|---|---|")
+    for name, subset in (("generated", generated), ("kept", kept_synth)):
+        for which, flag in (("all", None), ("corrupted images", True), ("intact images", False)):
+            part = {i: c for i, c in subset.items() if flag is None or truth[i][0] == flag}
+            q = synthetic_quality(truth, part)
+            if q["captions"]:
+                print(f"| {name}, {which} | {q['captions']} | {q['exact']} | {q['bleu4']:.3f} | {q['cider']:.3f} |")
+    only_synth = [i for i, caps in kept.items() if all(o == "synthetic" for o, _ in caps)]
+    print(f"images kept with only a synthetic caption: {len(only_synth)} "
+          f"({sum(truth[i][0] for i in only_synth)} of them corrupted)")
+    if baseline and (out / baseline / "train" / "captions.jsonl").exists():
+        back = set(kept) - set(kept_images(out, baseline))
+        print(f"images kept here that {baseline} dropped: {len(back)} ({sum(truth[i][0] for i in back)} corrupted); "
+              f"their kept synthetic captions correct: {synthetic_quality(truth, {i: kept_synth[i] for i in back if i in kept_synth}).get('exact', 0)}")
+    print()
 
 
 def recall_at_1(path: Path) -> dict[str, float]:
@@ -93,16 +139,14 @@ def arm_report(out: Path, arm: str) -> None:
     for t in SWEEP:
         m = precision_recall(rows, t)
         print(f"| {t:g} | {m['dropped']} | {m['precision']:.3f} | {m['recall']:.3f} | {m['clean_kept']:.3f} |")
-    hits, total = synthetic_exact(out, arm)
-    if total:
-        print(f"\nsynthetic captions that are exactly one of the image's true captions: {hits} / {total}")
-    print(f"CapFilt report: images kept {report['images_kept']} / {report['images_in']}; "
+    print(f"\nCapFilt report: images kept {report['images_kept']} / {report['images_in']}; "
           f"captions {json.dumps(report['captions'])}\n")
 
 
 def main(out: Path, arms: list[str]) -> None:
     for arm in arms:
         arm_report(out, arm)
+        synthetic_report(out, arm, baseline="clean-filter" if arm != "clean-filter" else None)
     for name in ("tiny-oracle", "tiny-noisy", *(f"tiny-{arm}" for arm in arms)):
         path = out / f"{name}.eval.json"
         if path.exists():

@@ -4,15 +4,17 @@
 # on a small CLEAN shapes set drawn with another seed (our COCO; `tokenizer_from` keeps the pre-trained run's
 # token ids), choose its threshold on that clean set's val split corrupted with a known truth
 # (`--threshold auto --calibrate`), clean the noisy set with `coembed data capfilt --synthetic 0` (filter only),
-# then train a `tiny` dual encoder on the noisy set, on the cleaned set and on the uncorrupted captions with the
+# and, the captioner half, fine-tune the noisy-pre-trained captioner (blip-tiny) on the clean set the same way and
+# clean again with `--synthetic 1` (one nucleus-sampled caption per image, scored by the filter like the web ones);
+# then train a `tiny` dual encoder on the noisy set, on each cleaned set and on the uncorrupted captions with the
 # same budget and evaluate each on the clean test split. Every stage runs alone (one process at a time, one torch
 # thread) and is skipped when its output exists, so a rerun continues.
 # The pre-training is two runs (200 steps, then 300 warm-started from it) with the default loss weights because
 # that is how the measured run went (its first, failed experiment, docs/capfilt.md); the fine-tuning weights MLM
 # 0.1 (with MLM at 1 the ITM head stays at its constant guess for hundreds of steps, docs/benchmarks.md).
-# Usage: benchmarks/capfilt_shapes.sh OUT [STEPS] [FINETUNE_STEPS] [COCO_IMAGES]
+# Usage: benchmarks/capfilt_shapes.sh OUT [STEPS] [FINETUNE_STEPS] [COCO_IMAGES] [CAPTION_STEPS]
 set -euo pipefail
-OUT=${1:?output folder}; STEPS=${2:-300}; FINETUNE_STEPS=${3:-400}; COCO_IMAGES=${4:-1000}
+OUT=${1:?output folder}; STEPS=${2:-300}; FINETUNE_STEPS=${3:-400}; COCO_IMAGES=${4:-1000}; CAPTION_STEPS=${5:-500}
 PY=${PYTHON:-python}
 export OMP_NUM_THREADS=1
 DATA=$OUT/data
@@ -48,14 +50,29 @@ run filter-ft --data "$OUT/coco" --preset albef-tiny --set workers=0 --set cache
 # 3. filter the noisy set, the threshold chosen on the corrupted clean val split
 capfilt clean-filter --filter "$OUT/filter-ft" --synthetic 0 --threshold auto --calibrate "$OUT/calib"
 dataset "$OUT/clean-filter"
-# 4. the dual encoder on each set, with one budget
+# 4. the captioner: pre-trained on the noisy set (the first attempt's run), fine-tuned on the clean set with its
+# tokenizer, its greedy captions scored on the clean val split before use; then CapFilt with a synthetic caption
+run captioner --data "$OUT/noisy" --preset blip-tiny "${COMMON[@]}" --set batch_size=32 --set max_steps=200 \
+    --set val_every=200 --set save_every=200
+run captioner-ft --data "$OUT/coco" --preset blip-tiny --set workers=0 --set cache_images=true --set batch_size=32 \
+    --set max_steps="$CAPTION_STEPS" --set lr=5e-4 --set warmup_steps=40 --set init_from="$OUT/captioner" \
+    --set tokenizer_from="$OUT/captioner" --set val_every=250 --set save_every=100 --set val_samples=200
+for name in captioner captioner-ft; do
+  [ -f "$OUT/$name.captioning-val.json" ] || "$PY" -m coembed eval --task captioning --checkpoint "$OUT/$name" --data "$OUT/coco" \
+      --split val --out "$OUT/$name.captioning-val.json" --predictions "$OUT/$name.captioning-val.jsonl"
+done
+capfilt clean-capfilt --captioner "$OUT/captioner-ft" --filter "$OUT/filter-ft" --synthetic 1 --top-p 0.9 \
+    --threshold auto --calibrate "$OUT/calib"
+dataset "$OUT/clean-capfilt"
+# 5. the dual encoder on each set, with one budget
 TINY=(--preset tiny "${COMMON[@]}" --set batch_size=64 --set max_steps="$STEPS" --set val_every=200 --set save_every="$STEPS")
 run tiny-noisy --data "$OUT/noisy" "${TINY[@]}"
 run tiny-oracle --data "$DATA" "${TINY[@]}"  # the reference: the uncorrupted captions (what corruption costs)
 run tiny-clean-filter --data "$OUT/clean-filter" "${TINY[@]}"
+run tiny-clean-capfilt --data "$OUT/clean-capfilt" "${TINY[@]}"
 
-for name in tiny-oracle tiny-noisy tiny-clean-filter; do
+for name in tiny-oracle tiny-noisy tiny-clean-filter tiny-clean-capfilt; do
   [ -f "$OUT/$name.eval.json" ] || [ ! -f "$OUT/$name.done" ] || "$PY" -m coembed eval --checkpoint "$OUT/$name" --data "$DATA" --split test --skip zeroshot \
       --skip linear_probe --skip compositional --out "$OUT/$name.eval.json" >/dev/null 2>&1
 done
-"$PY" benchmarks/capfilt_report.py "$OUT" clean-filter
+"$PY" benchmarks/capfilt_report.py "$OUT" clean-filter clean-capfilt
