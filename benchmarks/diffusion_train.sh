@@ -41,6 +41,11 @@ COMMON="--preset diffusion-tiny --data $B/shapes32 --set model.text_path=$TEXT -
 # stage 3
 [ -d $B/diffusion-v2/checkpoint ] || $PY -m coembed train $COMMON --out $B/diffusion-v2 --set init_from=$B/diffusion-v \
   --max-steps 400 --set lr=3e-4 --set warmup_steps=10 --set val_every=200 --set save_every=100
-$PY -m coembed eval --task generation --checkpoint $B/diffusion-v2 --data $B/data/shapes32 --scorer $TEXT \
-  --reader $B/readers/r32 --layouts single --prompts-per-layout 100 --steps 25 --guidance 3 --seed 0 \
-  --out $B/eval/diffusion-v2-single.json --grid $B/eval/diffusion-v2-single-grid.png
+# stage 4 (the session lead, after the helper's report)
+[ -d $B/diffusion-v3/checkpoint ] || $PY -m coembed train $COMMON --out $B/diffusion-v3 --set init_from=$B/diffusion-v2 \
+  --max-steps 1200 --set lr=3e-4 --set warmup_steps=10 --set val_every=300 --set save_every=100
+for run in diffusion-v2 diffusion-v3; do
+  $PY -m coembed eval --task generation --checkpoint $B/$run --data $B/data/shapes32 --scorer $TEXT \
+    --reader $B/readers/r32 --layouts single --prompts-per-layout 100 --steps 25 --guidance 3 --seed 0 \
+    --out $B/eval/$run-single.json --grid $B/eval/$run-single-grid.png
+done
