@@ -22,11 +22,12 @@ def mlp_hidden(width: int, mlp_ratio: float) -> int:
 
 def check_text_shape(cfg, positive: tuple[str, ...], ids: tuple[str, ...], prefix: str = "text.") -> None:
     """The checks every text section's shape shares, ValueError naming the field (``prefix`` + name):
-    the ``positive`` fields > 0, ``context_length`` >= 2, ``width`` divisible by ``heads``, ``mlp_ratio`` > 0,
-    and each of ``ids`` a token id below ``vocab_size``."""
+    the ``positive`` fields ints > 0, ``context_length`` >= 2, ``width`` divisible by ``heads``,
+    ``mlp_ratio`` > 0, and each of ``ids`` a token id below ``vocab_size``."""
     for name in positive:
-        if getattr(cfg, name) <= 0:
-            raise ValueError(f"{prefix}{name} must be positive, got {getattr(cfg, name)}")
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{prefix}{name} must be a positive int, got {value!r}")
     if cfg.context_length < 2:
         raise ValueError(f"{prefix}context_length must be >= 2 (room for <sot> and <eot>), got {cfg.context_length}")
     if cfg.width % cfg.heads:

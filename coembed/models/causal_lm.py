@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coembed.layers.transformer import Transformer
+from coembed.layers.transformer import Transformer, check_text_shape
 
 # The images of a text-only family's batches are loaded but never read: the smallest useful size.
 TEXT_ONLY_IMAGE_SIZE = 16
@@ -79,19 +79,7 @@ class CausalLMConfig:
 
 def check_lm_shape(cfg: Any, prefix: str = "") -> None:
     """ValueError naming the field for a bad small-LM shape (``prefix`` e.g. ``"lm."``)."""
-    for name in ("vocab_size", "context_length", "width", "layers", "heads"):
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{prefix}{name} must be a positive int, got {value!r}")
-    if cfg.context_length < 2:
-        raise ValueError(f"{prefix}context_length must be >= 2, got {cfg.context_length}")
-    if cfg.width % cfg.heads:
-        raise ValueError(f"{prefix}width ({cfg.width}) must be divisible by {prefix}heads ({cfg.heads})")
-    if not cfg.mlp_ratio > 0:
-        raise ValueError(f"{prefix}mlp_ratio must be positive, got {cfg.mlp_ratio}")
-    for name in ("pad_id", "eot_id"):
-        if not 0 <= getattr(cfg, name) < cfg.vocab_size:
-            raise ValueError(f"{prefix}{name} must be in [0, vocab_size={cfg.vocab_size}), got {getattr(cfg, name)}")
+    check_text_shape(cfg, ("vocab_size", "context_length", "width", "layers", "heads"), ("pad_id", "eot_id"), prefix)
 
 
 def causal_attention_mask(mask: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,8 @@ from coembed.models.coca import CocaTextConfig
 
 @pytest.mark.parametrize("cls", [BlipTextConfig, CocaTextConfig])
 @pytest.mark.parametrize(("fields", "message"), [
-    ({"layers": 0}, "text.layers must be positive"),
-    ({"vocab_size": 0, "pad_id": 0}, "text.vocab_size must be positive"),
+    ({"layers": 0}, "text.layers must be a positive int"),
+    ({"vocab_size": 0, "pad_id": 0}, "text.vocab_size must be a positive int"),
     ({"context_length": 1}, "text.context_length must be >= 2"),
     ({"width": 30, "heads": 4}, r"text.width \(30\) must be divisible by text.heads \(4\)"),
     ({"mlp_ratio": 0.0}, "text.mlp_ratio must be positive"),
@@ -26,5 +26,5 @@ def test_bad_fields_are_named(cls, fields: dict, message: str) -> None:
 def test_each_family_keeps_its_own_fields_and_defaults() -> None:
     assert (BlipTextConfig().layers, CocaTextConfig().layers) == (4, 2)
     assert BlipTextConfig().tie_embeddings and not hasattr(CocaTextConfig(), "tie_embeddings")
-    with pytest.raises(ValueError, match="text.decoder_layers must be positive"):
+    with pytest.raises(ValueError, match="text.decoder_layers must be a positive int"):
         CocaTextConfig(decoder_layers=0)

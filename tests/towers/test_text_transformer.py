@@ -153,7 +153,7 @@ def test_init_standard_deviations() -> None:
     [
         ({"pool_type": "mean"}, "pool_type"),
         ({"width": 30, "heads": 4}, r"text.width \(30\).*text.heads \(4\)"),
-        ({"context_length": 0}, "text.context_length must be positive, got 0"),
+        ({"context_length": 0}, "text.context_length must be a positive int, got 0"),
         ({"vocab_size": -1}, "text.vocab_size"),
         ({"mlp_ratio": -2.0}, "text.mlp_ratio"),
     ],
