@@ -49,6 +49,12 @@ def caption_loss(logits: Tensor, tokens: Tensor, pad_id: int, label_smoothing: f
     targets = caption_targets(tokens, pad_id)  # (B, T - 1)
     if not (targets != IGNORE_INDEX).any():
         raise ValueError("the captions hold no token to predict (every target is padding)")
+    return shifted_cross_entropy(logits, targets, label_smoothing)
+
+
+def shifted_cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Mean cross-entropy of position t's logits ``(B, T, V)`` against ``targets[:, t]`` ``(B, T - 1)`` (the
+    token at t + 1, or :data:`IGNORE_INDEX`), in at least float32: the next-token loss every head shares."""
     shifted = logits[:, :-1]  # (B, T - 1, V): position t predicts token t + 1
     shifted = shifted.to(torch.promote_types(shifted.dtype, torch.float32))
     return F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,

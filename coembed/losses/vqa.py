@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from coembed.losses.captioning import IGNORE_INDEX
+from coembed.losses.captioning import IGNORE_INDEX, shifted_cross_entropy
 
 
 def soft_score_bce(logits: Tensor, targets: Tensor) -> Tensor:
@@ -66,7 +66,4 @@ def answer_loss(logits: Tensor, tokens: Tensor, answer_mask: Tensor, label_smoot
     targets = answer_targets(tokens, answer_mask)  # (B, T - 1)
     if not (targets != IGNORE_INDEX).any():
         raise ValueError("answer_mask marks no answer token after the first position")
-    shifted = logits[:, :-1]  # (B, T - 1, V): position t predicts token t + 1
-    shifted = shifted.to(torch.promote_types(shifted.dtype, torch.float32))
-    return F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX,
-                           label_smoothing=label_smoothing)
+    return shifted_cross_entropy(logits, targets, label_smoothing)
