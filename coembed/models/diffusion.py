@@ -7,12 +7,17 @@ steps than a patch transformer, which must learn locality from data. Attention i
 resolutions (``attention_levels``), where it is cheap: self-attention over the feature map, then
 cross-attention to the caption's token features.
 
-Text conditioning comes from coembed's own text encoder: the frozen causal text tower of a coembed dual
-encoder (``text_path``, e.g. a trained ``tiny`` run; the diffusion checkpoint then holds a copy of it, so
-:func:`coembed.load` needs no other folder). Its per-token states feed the cross-attention; its pooled,
-projected embedding (the CLIP text embedding) is added to the time embedding for FiLM. Without
-``text_path`` the tower is random (tests). Captions are read with that dual encoder's tokenizer
-(:meth:`DiffusionConfig.pretrained_tokenizer`).
+Text conditioning comes from coembed's own text encoder: the frozen text tower of a coembed dual encoder
+(``text_path``; the diffusion checkpoint then holds a copy of it, so :func:`coembed.load` needs no other
+folder), either the causal transformer of a ``tiny`` run or the Hugging Face encoder of a LiT run such as
+the demo's ``tiny-minilm`` (frozen all-MiniLM-L6-v2 plus the learnt projection; Imagen's finding, that a
+frozen pretrained text encoder conditions a generator well, at toy scale). Its per-token states feed the
+cross-attention; its pooled, projected embedding (the dual encoder's text embedding) is added to the time
+embedding for FiLM. The tower must tell the words apart that the images should show: a ``tiny`` run
+trained 400 steps (zero-shot shape 0.20) gives captions that differ only in the shape word a pooled cosine
+of 0.97, and a model conditioned on it learnt colour but drew shapes at chance (docs/generation.md).
+Without ``text_path`` the tower is a random ``tiny`` one (tests). Captions are read with that dual
+encoder's tokenizer (:meth:`DiffusionConfig.pretrained_tokenizer`, or the Hugging Face tower's own).
 
 Classifier-free guidance: during training a share ``cond_dropout`` of captions is replaced by a learned
 null condition (one null token for the cross-attention, a null pooled embedding for FiLM); sampling
@@ -40,6 +45,7 @@ from torch import nn
 
 from coembed.layers.attention import Attention
 from coembed.layers.pos_embed import sincos_1d
+from coembed.towers.hf_text import HFTextConfig, HFTextTower
 from coembed.towers.text_transformer import TextConfig, TextTransformer
 from coembed.transforms import CLIP_MEAN, CLIP_STD
 
@@ -118,10 +124,12 @@ class DiffusionConfig:
     # existed reads as what it is) or "v" (Salimans & Ho 2022; the preset's)
     prediction: str = "eps"
     cond_dropout: float = 0.1  # share of captions replaced by the null condition in training (CFG)
-    text: TextConfig | None = None  # None: read from text_path (or `tiny`'s text tower without one)
+    # The text tower: coembed's causal transformer or a Hugging Face encoder (a LiT run's frozen MiniLM);
+    # None: read from text_path (or `tiny`'s text tower without one)
+    text: TextConfig | HFTextConfig | None = None
     text_path: str = ""  # a coembed dual-encoder checkpoint whose text tower conditions the model
     text_embed_dim: int = 128  # the tower's projection (the dual encoder's embed_dim)
-    text_act: str = "gelu"  # the tower's activation (the dual encoder's act)
+    text_act: str = "gelu"  # the transformer tower's activation (the dual encoder's act)
 
     def __post_init__(self) -> None:
         self._resolve_text()
@@ -140,16 +148,23 @@ class DiffusionConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
 
     def _resolve_text(self) -> None:
+        from coembed.models.dual_encoder import text_tower_config
+
         if isinstance(self.text, dict):
-            self.text = TextConfig(**self.text)
+            self.text = text_tower_config(self.text)
         elif self.text is None:
             if self.text_path:
                 sections = text_sections(self.text_path)
-                self.text, self.text_embed_dim, self.text_act = TextConfig(**sections["text"]), sections["text_embed_dim"], sections["text_act"]
+                self.text, self.text_embed_dim, self.text_act = text_tower_config(sections["text"]), sections["text_embed_dim"], sections["text_act"]
             else:
                 self.text = TextConfig(**asdict(TINY_TEXT))
-        if not isinstance(self.text, TextConfig):
+        if not isinstance(self.text, (TextConfig, HFTextConfig)):
             raise ValueError(f"text must be a text tower section, got {type(self.text).__name__}")
+
+    @property
+    def context_width(self) -> int:
+        """The width of the text tower's token states, which the cross-attention reads."""
+        return self.text.bert.hidden_size if isinstance(self.text, HFTextConfig) else self.text.width
 
     def _check_levels(self) -> None:
         if not self.channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 or c % self.groups for c in self.channels):
@@ -163,8 +178,9 @@ class DiffusionConfig:
             raise ValueError(f"attention_levels must be level indices in [0, {len(self.channels) - 1}], got {self.attention_levels!r}")
 
     def pretrained_tokenizer(self):
-        """The tokenizer of the dual encoder at ``text_path``, or None (the trainer trains a BPE)."""
-        if not self.text_path:
+        """The BPE tokenizer of the dual encoder at ``text_path``, or None (the trainer trains a BPE). A
+        Hugging Face tower reads captions with its own tokenizer, which the trainer takes from its folder."""
+        if not self.text_path or isinstance(self.text, HFTextConfig):
             return None
         from coembed.checkpoint import TOKENIZER_FILE, resolve
         from coembed.tokenizer import Tokenizer
@@ -180,16 +196,17 @@ def text_sections(path: str) -> dict:
     "text_embed_dim": E, "text_act": act}`` (the fields of :class:`DiffusionConfig` it decides)."""
     from coembed.checkpoint import read_json, resolve
     from coembed.errors import CheckpointError, ConfigError
+    from coembed.models.dual_encoder import TEXT_TOWERS
 
     try:
         model = read_json(resolve(Path(path)) / "config.json").get("model")
     except CheckpointError as e:
         raise ConfigError(f"text_path: {e}") from None
-    text = model.get("text") if isinstance(model, dict) else None
-    if model.get("family", "dual_encoder") != "dual_encoder" or not isinstance(text, dict) or text.get("tower", "transformer") != "transformer":
-        raise ConfigError(f"text_path {path}: not a coembed dual encoder with a transformer text tower (model.text)")
-    return {"text": {k: v for k, v in text.items() if k != "tower"}, "text_embed_dim": int(model["embed_dim"]),
-            "text_act": model.get("act", "gelu")}
+    model = model if isinstance(model, dict) else {}
+    text = model.get("text")
+    if model.get("family", "dual_encoder") != "dual_encoder" or not isinstance(text, dict) or text.get("tower", "transformer") not in TEXT_TOWERS:
+        raise ConfigError(f"text_path {path}: not a coembed dual encoder with a transformer or Hugging Face text tower (model.text)")
+    return {"text": text, "text_embed_dim": int(model["embed_dim"]), "text_act": model.get("act", "gelu")}
 
 
 # ---------------------------------------------------------------------------------------- blocks
@@ -250,7 +267,7 @@ class Level(nn.Module):
     def __init__(self, ins: list[int], cout: int, emb_dim: int, cfg: DiffusionConfig, attention: bool) -> None:
         super().__init__()
         self.res = nn.ModuleList(ResBlock(cin, cout, emb_dim, cfg.groups, cfg.dropout) for cin in ins)
-        self.attn = nn.ModuleList(AttentionBlock(cout, cfg.text.width, cfg.heads, cfg.groups) for _ in ins) if attention else None
+        self.attn = nn.ModuleList(AttentionBlock(cout, cfg.context_width, cfg.heads, cfg.groups) for _ in ins) if attention else None
 
     def block(self, i: int, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.res[i](h, emb)
@@ -272,14 +289,17 @@ class Diffusion(nn.Module):
     def __init__(self, cfg: DiffusionConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.text = TextTransformer(cfg.text, cfg.text_embed_dim, act=cfg.text_act)
+        if isinstance(cfg.text, HFTextConfig):
+            self.text = HFTextTower(cfg.text, cfg.text_embed_dim)
+        else:
+            self.text = TextTransformer(cfg.text, cfg.text_embed_dim, act=cfg.text_act)
         self.text.requires_grad_(False)  # coembed's encoder conditions the model; it is not trained here
         self.register_buffer("alphas_cumprod", alphas_cumprod(cfg.schedule, cfg.timesteps).float(), persistent=False)
         base = cfg.channels[0]
         emb_dim = 4 * base
         self.time_mlp = nn.Sequential(nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.text_mlp = nn.Sequential(nn.Linear(cfg.text_embed_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.null_token = nn.Parameter(torch.randn(cfg.text.width) * 0.02)  # the CFG null condition
+        self.null_token = nn.Parameter(torch.randn(cfg.context_width) * 0.02)  # the CFG null condition
         self.null_pooled = nn.Parameter(torch.randn(cfg.text_embed_dim) * 0.02)
         pixels = 3 * cfg.patch_size**2  # channels after space-to-depth
         self.conv_in = nn.Conv2d(pixels, base, 3, padding=1)
@@ -321,9 +341,13 @@ class Diffusion(nn.Module):
 
     @torch.no_grad()
     def encode_text(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The frozen tower on (B, T) ids -> token states (B, T, width), their mask (B, T) (True at
-        non-padding tokens) and the pooled, projected embedding (B, text_embed_dim)."""
-        states = self.text.text_features(tokens)  # (B, T', width): trailing all-padding columns trimmed
+        """The frozen tower on (B, T) ids -> token states (B, T', width), their mask (B, T') (True at
+        non-padding tokens; trailing all-padding columns are trimmed) and the pooled, projected
+        embedding (B, text_embed_dim): the dual encoder's text embedding before normalisation."""
+        if isinstance(self.text, HFTextTower):
+            states, mask = self.text.token_states(tokens)
+            return states, mask, self.text.forward_head(self.text.pool(states, mask))
+        states = self.text.text_features(tokens)
         tokens = tokens[:, : states.shape[1]]
         return states, tokens != self.cfg.text.pad_id, self.text.text_head(tokens, states)
 
@@ -381,13 +405,17 @@ class Diffusion(nn.Module):
         return {name for name, p in self.named_parameters() if p.ndim < 2 or name.startswith("null_")}
 
 
-def load_text_tower(text: TextTransformer, path: str) -> None:
-    """Copy the text tensors of the dual-encoder checkpoint ``path`` (all but ``visual.*`` and the logit
-    scale/bias; OpenAI CLIP's top-level names) into ``text``; missing, unexpected or mis-shaped tensors
-    are an error listing them."""
+def load_text_tower(text: TextTransformer | HFTextTower, path: str) -> None:
+    """Copy the text tensors of the dual-encoder checkpoint ``path`` into ``text``: all but ``visual.*``
+    and the logit scale/bias for a transformer tower (OpenAI CLIP's top-level names), the ``text.*``
+    tensors (prefix dropped) for a Hugging Face one. Missing, unexpected or mis-shaped tensors are an
+    error listing them."""
     from coembed.checkpoint import check_keys, read_model_files
 
     files = read_model_files(path)
-    state = {k: v for k, v in files.state_dict.items() if not k.startswith("visual.") and k not in ("logit_scale", "logit_bias")}
+    if isinstance(text, HFTextTower):
+        state = {k.removeprefix("text."): v for k, v in files.state_dict.items() if k.startswith("text.")}
+    else:
+        state = {k: v for k, v in files.state_dict.items() if not k.startswith("visual.") and k not in ("logit_scale", "logit_bias")}
     check_keys(text, state, files.path)
     text.load_state_dict(state)

@@ -48,7 +48,7 @@ class DualEncoderConfig:
             kind = self.vision.get("tower", "vit")
             self.vision = ResNetConfig(**self.vision) if kind == "resnet" else VisionConfig(**self.vision)
         if isinstance(self.text, dict):
-            self.text = _text_config(self.text)
+            self.text = text_tower_config(self.text)
         if self.embed_dim <= 0:
             raise ValueError(f"embed_dim must be positive, got {self.embed_dim}")
         if self.act not in ACTIVATIONS:
@@ -67,7 +67,7 @@ class DualEncoderConfig:
 TEXT_TOWERS = ("transformer", "hf")
 
 
-def _text_config(data: dict) -> TextConfig | HFTextConfig:
+def text_tower_config(data: dict) -> TextConfig | HFTextConfig:
     """A text config from its dict; ``tower`` picks the kind (absent: the CLIP transformer)."""
     data = dict(data)
     kind = data.get("tower", "transformer")

@@ -115,18 +115,26 @@ class HFTextTower(nn.Module):
     def width(self) -> int:
         return self.cfg.bert.hidden_size
 
-    def forward_features(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Pooled encoder output before the projection: (B, T) -> (B, hidden)."""
+    def token_states(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's last hidden states (B, T', hidden) of (B, T) ids, trailing all-padding columns
+        trimmed (exact: padded keys are masked out), and their mask (B, T'), True at real tokens."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must have shape (batch, length), got {tuple(tokens.shape)}")
-        tokens = trim_padding(tokens, self.cfg.pad_id)  # exact here too: padded keys are masked out
+        tokens = trim_padding(tokens, self.cfg.pad_id)
         mask = tokens != self.cfg.pad_id
-        states = self.transformer(tokens, mask)  # (B, T', hidden)
+        return self.transformer(tokens, mask), mask
+
+    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, hidden) of :meth:`token_states`' output, by the config's pooling."""
         if self.cfg.pooling == "mean":
             return mean_pool(states, mask)
         if self.cfg.pooling == "pooler":
             return self.transformer.pooler(states)
         return states[:, 0]
+
+    def forward_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pooled encoder output before the projection: (B, T) -> (B, hidden)."""
+        return self.pool(*self.token_states(tokens))
 
     def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
         """Project pooled features (B, hidden) into the shared space (B, output_dim)."""

@@ -58,3 +58,79 @@ def test_text_path_run_uses_the_dual_encoders_tokenizer_and_keeps_its_tower(shap
     for name, tensor in dual.model.state_dict().items():
         if not name.startswith("visual.") and name != "logit_scale":
             torch.testing.assert_close(state[name], tensor, msg=name)  # frozen: unchanged by training
+
+
+@pytest.fixture(scope="module")
+def hf_dual_encoder(shapes_data: Path, tiny_bert_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LiT dual encoder (frozen Hugging Face text tower, as `tiny-minilm`) trained 2 steps."""
+    out = tmp_path_factory.mktemp("hf-dual") / "run"
+    model = {"vision.layers": 1, "vision.width": 64, "vision.heads": 2, "embed_dim": 32, "text.tower": "hf",
+             "text.path": str(tiny_bert_folder), "text.frozen": True, "text.context_length": 48}
+    train(TrainConfig(data=str(shapes_data), out=str(out), preset="tiny", model=model, batch_size=16, max_steps=2,
+                      warmup_steps=1, workers=0, precision="fp32", progress=False, val_samples=0, captions_per_image=1))
+    return out
+
+
+def test_hf_text_path_conditions_on_the_frozen_encoder_with_its_own_tokenizer(shapes_data: Path, tmp_path: Path,
+                                                                                hf_dual_encoder: Path, tiny_bert_folder: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from coembed.interop.hf_tokenizer import read_hf_tokenizer
+
+    model = {k: v for k, v in SMALL.items() if not k.startswith("text")}
+    train(replace(_cfg(shapes_data, tmp_path / "run"), model={**model, "text_path": str(hf_dual_encoder)}, max_steps=2))
+    run, dual = coembed.load(tmp_path / "run"), coembed.load(hf_dual_encoder)
+    assert run.model.cfg.text == dual.model.cfg.text and run.model.cfg.context_width == 32
+    texts = ["a big red star on the left", "a small blue ring"]
+    tokens = run.tokenizer(texts, context_length=48)
+    assert torch.equal(tokens, read_hf_tokenizer(tiny_bert_folder)(texts, context_length=48))
+    for name, tensor in dual.model.state_dict().items():
+        if name.startswith("text."):  # frozen: unchanged by training, projection included
+            torch.testing.assert_close(run.model.state_dict()[name], tensor, msg=name)
+    context, mask, pooled = run.model.encode_text(tokens)
+    torch.testing.assert_close(pooled, dual.model.encode_text(tokens))  # the dual encoder's text embedding
+    assert torch.equal(mask, tokens[:, : mask.shape[1]] != 0) and bool(mask[:, -1].any())
+    reference = transformers.BertModel.from_pretrained(tiny_bert_folder).eval()  # the peer library's encoder
+    with torch.no_grad():
+        expected = reference(input_ids=tokens[:, : mask.shape[1]], attention_mask=mask.long()).last_hidden_state
+    torch.testing.assert_close(context[mask], expected[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_ema_run_saves_the_average_of_its_steps_and_resumes_exactly(shapes_data: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from coembed.checkpoint import read_tensors
+    from coembed.train import loop as loop_mod
+
+    cfg = replace(_cfg(shapes_data, tmp_path / "ref"), ema_decay=0.6, val_samples=16, val_every=2)
+    real, snapshots = loop_mod.fusion_train_step, []
+
+    def recording(model, *args, **kwargs):
+        result = real(model, *args, **kwargs)
+        snapshots.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+        return result
+
+    monkeypatch.setattr(loop_mod, "fusion_train_step", recording)
+    train(cfg)
+    monkeypatch.setattr(loop_mod, "fusion_train_step", real)
+    expected = dict(snapshots[0])  # the naive EMA of the weights after each of the 4 steps
+    for k, weights in enumerate(snapshots[1:], start=1):
+        d = min(0.6, (1 + k) / (10 + k))
+        expected = {n: d * expected[n] + (1 - d) * w for n, w in weights.items()}
+    folder = tmp_path / "ref" / "checkpoint"
+    saved, state = read_tensors(folder / "model.safetensors"), read_tensors(folder / "train_state.safetensors")
+    for name, value in expected.items():
+        torch.testing.assert_close(saved[name], value, msg=name)  # the model file holds the average...
+        assert torch.equal(state[f"ema.raw.{name}"], snapshots[-1][name])  # ...the train state the last weights
+    assert int(state["ema.updates"]) == 4
+    model, preprocess, tokenizer = coembed.load(tmp_path / "ref")  # validation scored the average
+    samples, _ = read_samples(shapes_data / "val")
+    images = torch.stack([preprocess(load_image(shapes_data / "val" / s.image)) for s in samples[:16]])
+    tokens = tokenizer([s.captions[0] for s in samples[:16]], context_length=model.cfg.text.context_length)
+    last = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines() if "val_denoise" in x][-1]
+    assert last["val_denoise"] == pytest.approx(validation_loss(model, images, tokens), rel=1e-5)
+
+    interrupt_then_resume(replace(cfg, out=str(tmp_path / "b")), 3, monkeypatch)
+    assert_same_runs(tmp_path / "ref", tmp_path / "b")
+    resumed = read_tensors(tmp_path / "b" / "checkpoint" / "train_state.safetensors")
+    assert all(torch.equal(resumed[k], state[k]) for k in state if k.startswith("ema."))
+    with pytest.raises(Exception, match="ema_decay: 0.6 -> 0.9"):
+        train(replace(cfg, out=str(tmp_path / "b"), ema_decay=0.9, max_steps=6), resume=True)
