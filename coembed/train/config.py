@@ -55,6 +55,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     grad_clip: float | None = 1.0
+    # > 0: keep an exponential moving average of the weights with this decay (coembed.train.ema): the
+    # checkpoint's model file and validation use it (diffusion models sample with it); 0: off
+    ema_decay: float = 0.0
     precision: str = "auto"  # bf16 where the hardware runs it fast, else fp32 (coembed.train.precision)
     # SDPA kernel of training steps: "auto" = the matmul kernel on CPU in bf16 (faster backward for
     # short sequences, see coembed/layers/kernels.py), PyTorch's fused choice otherwise; "math"; "fused".
@@ -103,6 +106,7 @@ class TrainConfig:
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
             (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), got {self.betas}"),
             (self.grad_clip is None or self.grad_clip > 0, f"grad_clip must be positive or null, got {self.grad_clip}"),
+            (0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (self.vocab_size >= 64, f"vocab_size must be >= 64, got {self.vocab_size}"),
             (min(self.log_every, self.val_every, self.save_every) > 0, "log_every, val_every and save_every must be positive"),
@@ -177,7 +181,7 @@ def _name_list(field_name: str, value: Any, what: str) -> list[str] | None:
 _STR_FIELDS = ("data", "out", "preset", "task", "loss", "precision", "attention_kernel", "device")
 _INT_FIELDS = ("batch_size", "max_steps", "captions_per_image", "warmup_steps", "workers", "seed", "vocab_size", "log_every", "val_every",
                "save_every", "val_samples", "loss_chunk_size", "accum_steps", "shard_shuffle")
-_FLOAT_FIELDS = ("epochs", "lr", "weight_decay", "eps", "grad_clip")
+_FLOAT_FIELDS = ("epochs", "lr", "weight_decay", "eps", "grad_clip", "ema_decay")
 _OPTIONAL_FIELDS = ("max_steps", "grad_clip", "captions_per_image")
 
 

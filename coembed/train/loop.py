@@ -15,6 +15,7 @@ alone logs, validates and saves.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -53,7 +54,8 @@ from coembed.train.config import TrainConfig
 from coembed.train.distributed import DistEnv, broadcast_state, from_env
 from coembed.train.precision import resolve_precision
 from coembed.train.optim import build_optimizer, cosine_lr, set_lr
-from coembed.train.state import Progress, load_run_state, save_run_checkpoint
+from coembed.train.ema import WeightEMA
+from coembed.train.state import Progress, load_run_state, read_state_tensors, save_run_checkpoint
 from coembed.train.fusion_step import fusion_train_step, objective_module
 from coembed.train.step import StepResult, train_step
 from coembed.train.text_cache import CACHE_FILE, TextFeatureCache, load_or_build
@@ -63,7 +65,7 @@ from coembed.train.warm_start import warm_start
 # Settings a resumed run must share with the run it continues (others, like log_every, may change).
 RESUME_INVARIANTS = ("data", "task", "preset", "model", "init_from", "init_prefixes", "tokenizer_from", "loss", "hard_negatives", "negative_types", "batch_size", "epochs", "max_steps", "lr", "weight_decay",
                      "warmup_steps", "seed", "precision", "captions_per_image", "loss_weights", "train_shards", "shard_shuffle",
-                     "shard_resampled")
+                     "shard_resampled", "ema_decay")
 TOKENIZER_CAPTIONS = 100_000  # captions a BPE vocabulary is trained on when the pairs stream from shards
 
 
@@ -121,6 +123,7 @@ class _Run:
     stream: list[Path] | None = None  # cfg.train_shards resolved: the tar shards the pairs stream from
     source: str = ""  # where the training pairs come from, for messages
     task: str = "caption"  # cfg.task: "vqa" trains and validates on question-answer pairs
+    ema: WeightEMA | None = None  # cfg.ema_decay > 0: the moving average of the weights
 
 
 def _worker_init(_: int) -> None:
@@ -281,6 +284,7 @@ def _prepare(cfg: TrainConfig, resume: bool, env: DistEnv) -> _Run:
     if resume:
         progress, saved_cfg = load_run_state(resolve(out / CHECKPOINT_DIR), optimizer)
         _check_resume_compatible(cfg, saved_cfg)
+    ema = _weight_ema(model, cfg, resolve(out / CHECKPOINT_DIR) if resume else None)
     if env.rank:  # dropout and patch-dropout masks differ between ranks; rank 0 keeps a single process's stream
         torch.manual_seed(cfg.seed * 1_000_003 + 104_729 * env.rank + progress.step)
     dataset = None
@@ -301,7 +305,20 @@ def _prepare(cfg: TrainConfig, resume: bool, env: DistEnv) -> _Run:
     if env.is_main and (cfg.progress or precision.slow):
         print(precision.note, file=sys.stderr, flush=True)
     return _Run(model, tokenizer, optimizer, progress, dataset, _val_split(cfg), total, steps_per_epoch, skipped, objective=objective,
-                loss_weights=weights, bf16=precision.name == "bf16", env=env, stream=data.stream, source=data.source, task=cfg.task)
+                loss_weights=weights, bf16=precision.name == "bf16", env=env, stream=data.stream, source=data.source, task=cfg.task, ema=ema)
+
+
+def _weight_ema(model: torch.nn.Module, cfg: TrainConfig, resumed: Path | None) -> WeightEMA | None:
+    """The run's weight EMA (None without ``ema_decay``); a resumed run's continues from its checkpoint,
+    whose model file holds the EMA weights and whose train state the raw ones (restored into ``model``)."""
+    if not cfg.ema_decay:
+        return None
+    if resumed is None:
+        return WeightEMA(model, cfg.ema_decay)
+    try:
+        return WeightEMA.resume(model, cfg.ema_decay, read_state_tensors(resumed, "ema."), str(resumed))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _check_distributed(cfg: TrainConfig, env: DistEnv) -> None:
@@ -472,7 +489,9 @@ def _save(run: _Run, cfg: TrainConfig, out: Path) -> None:
     """Checkpoint by rank 0 (every rank holds the same weights); the others wait until it is complete."""
     if run.env.is_main:
         config = checkpoint_config(run.model, default_preprocess(run.model), preset=cfg.preset, **tokenizer_section(run.tokenizer))
-        save_run_checkpoint(out, run.model, config, run.tokenizer.to_str(), run.optimizer, run.progress, cfg.to_dict())
+        extra = run.ema.raw_tensors(run.model) if run.ema is not None else None
+        with _ema_weights(run):  # the model file holds the EMA weights, the train state the raw ones
+            save_run_checkpoint(out, run.model, config, run.tokenizer.to_str(), run.optimizer, run.progress, cfg.to_dict(), extra)
     run.env.barrier()
 
 
@@ -656,11 +675,17 @@ def _log_step(run: _Run, log: MetricsLog, step: int, epoch: int, result: StepRes
     log.write(record)
 
 
+def _ema_weights(run: _Run):
+    """A context in which the model holds its EMA weights (a no-op without EMA)."""
+    return run.ema.swapped_in(run.model) if run.ema is not None else contextlib.nullcontext()
+
+
 def _validate_on_main(run: _Run, log: MetricsLog | None, step: int) -> None:
     """Validation by rank 0 (the others wait): the metrics land in ``run.progress`` and the log."""
     if run.env.is_main:
         start = time.perf_counter()
-        run.progress.last_val = validate(run.model, run.tokenizer, *run.val, task=run.task)
+        with _ema_weights(run):
+            run.progress.last_val = validate(run.model, run.tokenizer, *run.val, task=run.task)
         log.write({"step": step, "time": round(time.time(), 3), "val_s": round(time.perf_counter() - start, 3), **run.progress.last_val})
     run.env.barrier()
 
@@ -690,6 +715,8 @@ def _train_batch(run: _Run, cfg: TrainConfig, out: Path, batch, step: int) -> tu
         kept = out / CHECKPOINT_DIR
         where = f"the last good checkpoint {kept} (step {_saved_step(kept)}) is kept" if kept.exists() else "no checkpoint had been written yet"
         raise TrainingDiverged(f"{e} (lr {lr:.3g}); {where}. Try a lower lr, grad_clip, or precision=fp32.") from None
+    if run.ema is not None:
+        run.ema.update(run.model)
     return result, lr
 
 

@@ -77,15 +77,17 @@ def save_run_checkpoint(
     optimizer: torch.optim.Optimizer,
     progress: Progress,
     train_config: dict[str, Any],
+    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``out/checkpoint`` atomically (staging folder, then rename) and return its path."""
+    """Write ``out/checkpoint`` atomically (staging folder, then rename) and return its path.
+    ``extra_tensors`` (keys outside ``optim.*``, e.g. the EMA's ``ema.*``) join the train state."""
     staging = out / f".staging-{CHECKPOINT_DIR}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         save_model_files(staging, model, config, tokenizer_json)
         tensors, meta = optimizer_tensors(optimizer)
-        write_tensors(staging / STATE_TENSORS, {**tensors, "rng.torch": torch.get_rng_state()})
+        write_tensors(staging / STATE_TENSORS, {**tensors, **(extra_tensors or {}), "rng.torch": torch.get_rng_state()})
         atomic_write_json(staging / STATE_JSON, {"progress": asdict(progress), "optimizer": meta, "train_config": train_config})
     except BaseException:  # e.g. a full disk: the published checkpoint is untouched, leave no half copy
         shutil.rmtree(staging, ignore_errors=True)
@@ -98,7 +100,7 @@ def save_run_checkpoint(
 def load_run_state(folder: Path, optimizer: torch.optim.Optimizer) -> tuple[Progress, dict[str, Any]]:
     """Restore optimizer and RNG from a checkpoint folder; return progress and the saved train config."""
     meta = read_json(folder / STATE_JSON)
-    tensors = read_tensors(folder / STATE_TENSORS)
+    tensors = {k: v for k, v in read_tensors(folder / STATE_TENSORS).items() if k.startswith(("optim.", "rng."))}
     rng = tensors.pop("rng.torch", None)
     try:
         restore_optimizer(optimizer, tensors, meta.get("optimizer", {}))
@@ -115,3 +117,8 @@ def load_run_state(folder: Path, optimizer: torch.optim.Optimizer) -> tuple[Prog
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
+
+
+def read_state_tensors(folder: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The train-state tensors of a checkpoint folder whose names start with ``prefix`` (extra tensors)."""
+    return {k: v for k, v in read_tensors(folder / STATE_TENSORS).items() if k.startswith(prefix)}

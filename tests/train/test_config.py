@@ -125,6 +125,8 @@ def test_unknown_key_from_file_is_named(tmp_path: Path) -> None:
         ("compile=sometimes", "compile", "sometimes"),
         ("workers=-1", "workers", "-1"),
         ("grad_clip=0", "grad_clip", "0"),
+        ("ema_decay=1", "ema_decay", "1"),
+        ("ema_decay=-0.1", "ema_decay", "-0.1"),
         ("preset=3", "preset", "3"),
         ("model=7", "model", "7"),
         ("vocab_size=true", "vocab_size", "True"),
