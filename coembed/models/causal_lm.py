@@ -41,8 +41,9 @@ TEXT_ONLY_IMAGE_SIZE = 16
 
 
 @dataclass(kw_only=True)
-class CausalLMConfig:
-    """Shape of the small causal LM and the token ids it relies on (the trainer sets the ids)."""
+class LMShape:
+    """Shape of a small coembed causal LM and the token ids it relies on (the trainer sets the ids): what
+    the LM's own config and a bridge's LM section share."""
 
     vocab_size: int = 1024
     context_length: int = 128
@@ -53,6 +54,12 @@ class CausalLMConfig:
     pad_id: int = 0
     eot_id: int = 2
     ln_eps: float = 1e-5
+
+
+@dataclass(kw_only=True)
+class CausalLMConfig(LMShape):
+    """The small causal LM (:class:`CausalLM`): its shape and how it trains."""
+
     # Train at a random start position in [0, context_length - T] so every position embedding learns:
     # a bridge puts its image tokens first and the caption after them, further than captions reach.
     position_jitter: bool = True
@@ -188,7 +195,7 @@ LM_KINDS = ("", "coembed", "hf")
 
 
 @dataclass(kw_only=True)
-class LMConfig:
+class LMConfig(LMShape):
     """The language model a bridge feeds: a small coembed LM or a local Hugging Face causal LM.
 
     ``kind`` "" means "not read from ``path`` yet": with a ``path`` it is resolved to "coembed" or "hf"
@@ -199,15 +206,6 @@ class LMConfig:
     path: str = ""
     kind: str = ""
     frozen: bool = True
-    vocab_size: int = 1024
-    context_length: int = 128
-    width: int = 128
-    layers: int = 4
-    heads: int = 2
-    mlp_ratio: float = 4.0
-    pad_id: int = 0
-    eot_id: int = 2
-    ln_eps: float = 1e-5
     hf: dict | None = None  # the Hugging Face folder's config.json (kind "hf")
 
     def __post_init__(self) -> None:
@@ -227,15 +225,13 @@ class LMConfig:
         if kind == "hf":
             self.kind, self.hf = "hf", read_hf_config(self.path)
             return
-        shape = {f.name for f in fields(CausalLMConfig)} - {"position_jitter"}
-        for name in shape:
+        for name in (f.name for f in fields(LMShape)):
             setattr(self, name, data[name])
         self.kind = "coembed"
 
     def small_lm(self) -> CausalLMConfig:
         """The :class:`CausalLMConfig` of a coembed LM section."""
-        keep = {f.name for f in fields(CausalLMConfig)} - {"position_jitter"}
-        return CausalLMConfig(**{k: v for k, v in asdict(self).items() if k in keep}, position_jitter=False)
+        return CausalLMConfig(**{f.name: getattr(self, f.name) for f in fields(LMShape)}, position_jitter=False)
 
 
 def read_lm_source(path: str) -> tuple[str, dict]:
