@@ -9,27 +9,14 @@
 #   3. stage 3: v-prediction warm-started from stage 2's final weights, 400 steps.
 #   4. samples grid and the reader's scores on single-object test prompts.
 set -e
+cd "$(dirname "$0")/.."  # the repository root: the helper scripts are under benchmarks/
 export OMP_NUM_THREADS=1
 PY=${PY:-/work/main/.venv-test/bin/python}
 B=${B:-/work/gen-bench}
 TEXT=${TEXT:-/tmp/bbench/tiny}  # a trained `tiny` dual encoder on shapes: its text tower conditions the model
 [ -d $B/shapes32-full ] || $PY -m coembed data shapes --out $B/shapes32-full --image-size 32 --train 12000 --val 400 \
   --test 400 --heldout 0 --workers 1
-[ -d $B/shapes32 ] || $PY - <<'PYEOF'
-import json, os, random
-src, dst = "/work/gen-bench/shapes32-full", "/work/gen-bench/shapes32"
-rng = random.Random(0)
-for split in ("train", "val", "test"):
-    os.makedirs(f"{dst}/{split}", exist_ok=True)
-    os.symlink(f"{src}/{split}/images", f"{dst}/{split}/images")
-    lines = [json.loads(line) for line in open(f"{src}/{split}/captions.jsonl")]
-    single = [x for x in lines if x["layout"] == "single"]
-    two = [x for x in lines if x["layout"] in ("horizontal", "vertical")]
-    keep = single + rng.sample(two, len(single) // 3) if split == "train" else single
-    rng.shuffle(keep)
-    with open(f"{dst}/{split}/captions.jsonl", "w") as f:
-        f.writelines(json.dumps(x) + "\n" for x in keep)
-PYEOF
+[ -d $B/shapes32 ] || $PY benchmarks/single_object_manifest.py $B/shapes32-full $B/shapes32
 COMMON="--preset diffusion-tiny --data $B/shapes32 --set model.text_path=$TEXT --set precision=fp32 --set workers=0
   --set cache_images=true --batch-size 32 --set weight_decay=0.0 --set log_every=20 --set val_samples=100 --no-progress"
 # stage 1 (stopped by hand after its step-250 checkpoint; the run folder was renamed diffusion-eps-250)
