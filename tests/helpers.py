@@ -126,3 +126,17 @@ def copy_with_vqa(shapes_data: Path, root: Path, questions_per_image: int) -> Pa
     shutil.copytree(shapes_data, root)
     write_vqa(root, questions_per_image=questions_per_image, seed=0)
     return root
+
+
+# A captioner (blip-tiny, coca-tiny) at a size that trains a step in well under a second (tests/cli, tests/eval).
+CAPTIONER_SMALL = {"vision.layers": 1, "vision.width": 32, "vision.heads": 2, "vision.stem": "patch", "text.width": 32, "text.layers": 1}
+
+
+def train_small_captioner(data: Path, out: Path, preset: str, steps: int) -> Path:
+    """A ``preset`` captioner at :data:`CAPTIONER_SMALL` trained ``steps`` steps of 16 on ``data``; returns ``out``."""
+    from coembed.train.config import TrainConfig
+    from coembed.train.loop import train
+
+    train(TrainConfig(data=str(data), out=str(out), preset=preset, model=dict(CAPTIONER_SMALL), batch_size=16, max_steps=steps,
+                      val_samples=0, workers=0, precision="fp32", progress=False, warmup_steps=1, vocab_size=300))
+    return out

@@ -14,19 +14,14 @@ import torch
 import coembed
 from coembed.cli.main import main
 from coembed.generation import caption
-from coembed.train.config import TrainConfig
-from coembed.train.loop import train
 from coembed.transforms import load_image
+from tests.helpers import train_small_captioner
 
-SMALL = {"vision.layers": 1, "vision.width": 32, "vision.heads": 2, "vision.stem": "patch", "text.width": 32, "text.layers": 1}
 
 
 @pytest.fixture(scope="module")
 def blip_run(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "blip"
-    train(TrainConfig(data=str(shapes_data), out=str(out), preset="blip-tiny", model=dict(SMALL), batch_size=16, max_steps=3,
-                      val_samples=0, workers=0, precision="fp32", progress=False, warmup_steps=1, vocab_size=300))
-    return out
+    return train_small_captioner(shapes_data, tmp_path_factory.mktemp("runs") / "blip", "blip-tiny", 3)
 
 
 @pytest.fixture()

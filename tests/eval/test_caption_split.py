@@ -18,23 +18,18 @@ from coembed.data.datasets import Sample, read_samples
 from coembed.eval.caption_split import evaluate_captioning, score_captions
 from coembed.eval.captioning import tokenize
 from coembed.generation import caption
-from coembed.train.config import TrainConfig
-from coembed.train.loop import train
 from coembed.transforms import load_image
+from tests.helpers import train_small_captioner
 
 pycoco_bleu = pytest.importorskip("pycocoevalcap.bleu.bleu")
 pycoco_cider = pytest.importorskip("pycocoevalcap.cider.cider")
 
-SMALL = {"vision.layers": 1, "vision.width": 32, "vision.heads": 2, "vision.stem": "patch", "text.width": 32, "text.layers": 1}
 IMAGES = 12
 
 
 @pytest.fixture(scope="module")
 def coca_run(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "coca"
-    train(TrainConfig(data=str(shapes_data), out=str(out), preset="coca-tiny", model=dict(SMALL), batch_size=16, max_steps=4,
-                      val_samples=0, workers=0, precision="fp32", progress=False, warmup_steps=1, vocab_size=300))
-    return out
+    return train_small_captioner(shapes_data, tmp_path_factory.mktemp("runs") / "coca", "coca-tiny", 4)
 
 
 def _pycoco(predictions: list[dict]) -> tuple[list[float], float]:
