@@ -26,6 +26,7 @@ B=${B:-/work/gen-bench}
 [ -d $B/shapes32-s1-full ] || $PY -m coembed data shapes --out $B/shapes32-s1-full --image-size 32 --train 30000 \
   --val 400 --test 100 --heldout 0 --seed 1 --workers 1
 [ -d $B/shapes32-s1 ] || $PY benchmarks/single_object_manifest.py $B/shapes32-s1-full $B/shapes32-s1
+# stopped by hand at step 4,250 (checkpoint kept): shape had stayed flat for 2,500 steps (docs/generation.md)
 [ -d $B/diffusion-m1/checkpoint ] || $PY -m coembed train --preset diffusion-tiny --data $B/shapes32-s1 \
   --set model.text_path=$B/minilm64 --set precision=fp32 --set workers=0 --set cache_images=true --batch-size 32 \
   --set weight_decay=0.0 --set log_every=50 --set val_samples=99 --no-progress --out $B/diffusion-m1 --max-steps 7500 \
@@ -35,3 +36,10 @@ EVAL="--checkpoint $B/diffusion-m1 --data $B/data/shapes32 --reader $B/readers/r
 $PY -m coembed eval --task generation $EVAL --scorer /tmp/bbench/tiny --fusion /work/capfilt2-bench/filter-ft \
   --out $B/eval/diffusion-m1-single.json --grid $B/eval/diffusion-m1-single-grid.png
 $PY -m coembed eval --task generation $EVAL --scorer $B/minilm64 --out $B/eval/diffusion-m1-single-minilm.json
+# The long run with a 32 px U-Net level (docs/generation.md, "The architecture question"): started in session 14,
+# to be continued; RESUME=1 continues it from its last checkpoint.
+$PY -m coembed train --preset diffusion-tiny --data $B/shapes32-s1 --out $B/diffusion-p1 \
+  --set model.text_path=$B/minilm64 --set model.patch_size=1 --set "model.channels=[32,64,128]" --set "model.attention_levels=[2]" \
+  --set precision=fp32 --set workers=0 --set cache_images=true --batch-size 32 --set weight_decay=0.0 --set log_every=50 \
+  --set val_samples=99 --no-progress --max-steps 30000 --set lr=5e-4 --set warmup_steps=200 --set val_every=500 \
+  --set save_every=250 --set ema_decay=0.999 ${RESUME:+--resume}
