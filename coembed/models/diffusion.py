@@ -124,6 +124,11 @@ class DiffusionConfig:
     # existed reads as what it is) or "v" (Salimans & Ho 2022; the preset's)
     prediction: str = "eps"
     cond_dropout: float = 0.1  # share of captions replaced by the null condition in training (CFG)
+    # Min-SNR-gamma loss weighting (Hang et al. 2023): each image's training loss is weighted by
+    # min(SNR_t, gamma) / SNR_t (eps) or / (SNR_t + 1) (v), so the nearly-clean timesteps, whose targets are
+    # mostly the unpredictable pixel noise of the data, stop dominating the gradient. 0: unweighted (DDPM's
+    # L_simple); the paper's value is 5. Validation (val_denoise) is always unweighted.
+    snr_gamma: float = 0.0
     # The text tower: coembed's causal transformer or a Hugging Face encoder (a LiT run's frozen MiniLM);
     # None: read from text_path (or `tiny`'s text tower without one)
     text: TextConfig | HFTextConfig | None = None
@@ -146,6 +151,8 @@ class DiffusionConfig:
         for name in ("dropout", "cond_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if isinstance(self.snr_gamma, bool) or not isinstance(self.snr_gamma, (int, float)) or not 0.0 <= self.snr_gamma < math.inf:
+            raise ValueError(f"snr_gamma must be a finite number >= 0 (0 turns the weighting off), got {self.snr_gamma!r}")
 
     def _resolve_text(self) -> None:
         from coembed.models.dual_encoder import text_tower_config

@@ -2,10 +2,11 @@
 
 For each image a timestep ``t ~ U{0..T-1}`` and noise ``eps ~ N(0, I)`` are drawn from the step's
 ``generator`` (so a resumed run draws exactly what an uninterrupted one would), ``x_t`` is the forward
-process at ``t``, and the loss is the MSE between the model's noise prediction and ``eps`` (Ho et al.
-2020, L_simple). A share ``cond_dropout`` of the captions, also drawn from ``generator``, is replaced
-by the null condition (classifier-free guidance). :func:`validation_loss` scores held-out pairs at
-fixed timesteps and noise, so val losses of different steps compare.
+process at ``t``, and the loss is the MSE between the model's prediction and its target (``eps`` or ``v``;
+Ho et al. 2020, L_simple), optionally weighted per image by Min-SNR-gamma (``snr_gamma``). A share
+``cond_dropout`` of the captions, also drawn from ``generator``, is replaced by the null condition
+(classifier-free guidance). :func:`validation_loss` scores held-out pairs at fixed timesteps and noise,
+unweighted, so val losses of different steps and runs compare.
 """
 
 from __future__ import annotations
@@ -27,26 +28,41 @@ def draws(model, batch: int, size: int, generator: torch.Generator, *, cond_drop
     return t, noise, drop
 
 
+def snr_weights(abar: torch.Tensor, t: torch.Tensor, gamma: float, prediction: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (B,) of timesteps ``t`` (Hang et al. 2023): ``min(SNR, gamma) / SNR`` for an
+    eps target, ``min(SNR, gamma) / (SNR + 1)`` for v, where ``SNR_t = abar_t / (1 - abar_t)``. Both equal
+    ``min(SNR, gamma)`` times the clean-image MSE, the paper's weighting."""
+    a = abar.to(t.device, torch.float64)[t]
+    snr = a / (1 - a)
+    return (snr.clamp(max=gamma) / (snr if prediction == "eps" else snr + 1)).float()
+
+
 def denoise_loss(model, images: torch.Tensor, tokens: torch.Tensor, t: torch.Tensor, noise: torch.Tensor,
-                 drop: torch.Tensor | None) -> torch.Tensor:
+                 drop: torch.Tensor | None, snr_gamma: float = 0.0) -> torch.Tensor:
     """MSE between the prediction and its target (the noise, or v with ``prediction="v"``) for ``images``
     (trainer-normalised, (B, 3, S, S)) noised to timesteps ``t`` (B,) with ``noise``; captions ``tokens``
-    (B, T), dropped where ``drop``."""
+    (B, T), dropped where ``drop``. With ``snr_gamma`` > 0 each image's MSE is weighted by
+    :func:`snr_weights` before the batch mean."""
     device = images.device
     x0 = model.to_pixels(images)  # (B, 3, S, S) in [-1, 1]
     t, noise = t.to(device), noise.to(device, x0.dtype)
     x_t = q_sample(x0, t, noise, model.alphas_cumprod)
     context, mask, pooled = model.condition(tokens, None if drop is None else drop.to(device))
     target = noise if model.cfg.prediction == "eps" else v_target(x0, t, noise, model.alphas_cumprod)
-    return F.mse_loss(model(x_t, t, context, mask, pooled).float(), target.float())
+    pred = model(x_t, t, context, mask, pooled).float()
+    if not snr_gamma:
+        return F.mse_loss(pred, target.float())
+    per_image = (pred - target.float()).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    return (per_image * snr_weights(model.alphas_cumprod, t, snr_gamma, model.cfg.prediction)).mean()
 
 
 def compute_losses(model, batch: FusionBatch, *, progress: float, weights: dict[str, float],
                    generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """``{"denoise": ...}``: the noise-prediction MSE; ``progress`` and ``weights`` are unused."""
+    """``{"denoise": ...}``: the (Min-SNR-weighted, with ``snr_gamma``) denoising MSE; ``progress`` and
+    ``weights`` are unused."""
     images = batch.images
     t, noise, drop = draws(model, images.shape[0], images.shape[-1], generator, cond_dropout=model.cfg.cond_dropout)
-    return {"denoise": denoise_loss(model, images, batch.tokens, t, noise, drop)}
+    return {"denoise": denoise_loss(model, images, batch.tokens, t, noise, drop, model.cfg.snr_gamma)}
 
 
 VALIDATION_SEED = 0

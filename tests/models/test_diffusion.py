@@ -133,7 +133,8 @@ def test_to_pixels_undoes_the_preprocess() -> None:
 
 
 @pytest.mark.parametrize("field,value", [("channels", [16, 30]), ("image_size", 17), ("attention_levels", [3]), ("schedule", "quad"),
-                                         ("cond_dropout", 1.0), ("patch_size", 0), ("timesteps", True)])
+                                         ("cond_dropout", 1.0), ("patch_size", 0), ("timesteps", True), ("snr_gamma", -1.0),
+                                         ("snr_gamma", float("inf")), ("snr_gamma", "5")])
 def test_bad_config_names_the_field(field: str, value) -> None:
     with pytest.raises(ValueError, match=field):
         DiffusionConfig(**{**SMALL, field: value})

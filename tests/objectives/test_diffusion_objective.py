@@ -73,3 +73,50 @@ def test_validation_loss_is_deterministic_and_seeded() -> None:
     model = small("v")
     images, tokens = batch()
     assert validation_loss(model, images, tokens) == validation_loss(model, images, tokens) != validation_loss(model, images, tokens, seed=1)
+
+
+def test_snr_weights_are_diffusers_min_snr_weights() -> None:
+    from types import SimpleNamespace
+
+    from diffusers.training_utils import compute_snr
+
+    from coembed.objectives.diffusion import snr_weights
+
+    abar = small("v").alphas_cumprod
+    t = torch.tensor([0, 1, 50, 200, 500, 800, 999])
+    snr = compute_snr(SimpleNamespace(alphas_cumprod=abar), t)
+    # diffusers' train_text_to_image.py: stack([snr, gamma]).min / snr (epsilon) or / (snr + 1) (v_prediction)
+    clipped = torch.stack([snr, 5.0 * torch.ones_like(snr)], dim=1).min(dim=1)[0]
+    torch.testing.assert_close(snr_weights(abar, t, 5.0, "eps"), clipped / snr, rtol=1e-5, atol=0)
+    torch.testing.assert_close(snr_weights(abar, t, 5.0, "v"), clipped / (snr + 1), rtol=1e-5, atol=0)
+    assert snr_weights(abar, torch.tensor([999]), 5.0, "eps").item() == pytest.approx(1.0)  # SNR < gamma: unweighted eps
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_min_snr_loss_weights_each_image(prediction: str) -> None:
+    model = small(prediction)
+    images, tokens = batch()
+    t, noise = torch.tensor([0, 10, 500, 999]), torch.randn(4, 3, 8, 8)
+    got = denoise_loss(model, images, tokens, t, noise, None, snr_gamma=2.0)
+    total = 0.0
+    for i in range(4):  # each image's own MSE times min(SNR, gamma) / SNR (or / (SNR + 1)), from the formulas
+        a = float(model.alphas_cumprod[t[i]])
+        snr = a / (1 - a)
+        weight = min(snr, 2.0) / (snr if prediction == "eps" else snr + 1)
+        total += weight * denoise_loss(model, images[i : i + 1], tokens[i : i + 1], t[i : i + 1], noise[i : i + 1], None).item()
+    assert got.item() == pytest.approx(total / 4, rel=1e-4)
+    assert got.item() != pytest.approx(denoise_loss(model, images, tokens, t, noise, None).item(), rel=1e-3)
+
+
+def test_compute_losses_uses_the_configured_gamma() -> None:
+    model = small("v")
+    images, tokens = batch()
+    step = lambda: compute_losses(model, FusionBatch(images, tokens, torch.arange(4)), progress=0.0, weights={},  # noqa: E731
+                                  generator=torch.Generator().manual_seed(3))["denoise"].item()
+    plain = step()
+    model.cfg.snr_gamma = 5.0
+    weighted = step()
+    t, noise, drop = draws(model, 4, 8, torch.Generator().manual_seed(3), cond_dropout=model.cfg.cond_dropout)
+    assert weighted == pytest.approx(denoise_loss(model, images, tokens, t, noise, drop, snr_gamma=5.0).item(), rel=1e-6)
+    assert weighted != pytest.approx(plain, rel=1e-3)
+    assert validation_loss(model, images, tokens) == pytest.approx(validation_loss(small("v"), images, tokens), rel=1e-6)
