@@ -292,6 +292,9 @@ class Diffusion(nn.Module):
     """
 
     config_class = DiffusionConfig
+    # `--set compile=true` compiles forward, the whole U-Net (train.loop.compile_units): a compiled forward
+    # trained ~1.25x faster than eager on a 2-core CPU, and compiling each block separately gains less
+    compile_unit = True
 
     def __init__(self, cfg: DiffusionConfig) -> None:
         super().__init__()

@@ -170,15 +170,19 @@ def _refuse_tokenizer_from(cfg: TrainConfig, reader: str) -> None:
         raise ConfigError(f"tokenizer_from does not apply to preset {cfg.preset!r}: it reads text with {reader}")
 
 
-def compile_transformers(model: torch.nn.Module, backend: str = "inductor") -> int:
-    """``torch.compile`` each Transformer stack of ``model`` in place (parameter names unchanged, so
-    checkpoints are unaffected), with dynamic shapes for varying text lengths; returns how many.
-    Both entry points are compiled: ``forward`` and ``forward_first`` (a class-token ViT's path)."""
-    stacks = [m for m in model.modules() if isinstance(m, Transformer)]
-    for stack in stacks:
-        stack.compile(dynamic=True, backend=backend)
-        stack.forward_first = torch.compile(stack.forward_first, dynamic=True, backend=backend)
-    return len(stacks)
+def compile_units(model: torch.nn.Module, backend: str = "inductor") -> int:
+    """``torch.compile`` the compute units of ``model`` in place (parameter names unchanged, so checkpoints
+    are unaffected), with dynamic shapes for varying text lengths and batch sizes; returns how many.
+
+    The units are every Transformer stack (both entry points: ``forward`` and ``forward_first``, a
+    class-token ViT's path) and every module whose class sets ``compile_unit = True``: a network that is
+    not a Transformer stack, such as the diffusion U-Net, whose ``forward`` is the whole denoiser."""
+    units = [m for m in model.modules() if isinstance(m, Transformer) or getattr(m, "compile_unit", False)]
+    for unit in units:
+        unit.compile(dynamic=True, backend=backend)
+        if isinstance(unit, Transformer):
+            unit.forward_first = torch.compile(unit.forward_first, dynamic=True, backend=backend)
+    return len(units)
 
 
 def _check_mlm_ids(text: FusionHFTextConfig, tokenizer) -> None:
@@ -278,7 +282,7 @@ def _prepare(cfg: TrainConfig, resume: bool, env: DistEnv) -> _Run:
     model.to(env.device)
     broadcast_state(model, env)  # every rank starts from rank 0's weights
     if cfg.compile:
-        compile_transformers(model)
+        compile_units(model)
     optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps)
     progress = Progress(skipped=dict(skipped.by_reason), skipped_examples=[f"{n} ({r})" for n, r in skipped.examples])
     if resume:

@@ -332,8 +332,8 @@ def test_compiled_run_trains_like_the_eager_one(shapes_data: Path, tiny_settings
     # Dynamo's "eager" backend traces and guards as inductor does but runs the captured graph as is:
     # the wiring is tested here in seconds; inductor's own speed and numerics are measured in
     # benchmarks/trainer_vs_openclip.py.
-    compiled, real = [], loop_mod.compile_transformers
-    monkeypatch.setattr(loop_mod, "compile_transformers", lambda model: compiled.append(real(model, backend="eager")))
+    compiled, real = [], loop_mod.compile_units
+    monkeypatch.setattr(loop_mod, "compile_units", lambda model: compiled.append(real(model, backend="eager")))
     kw = {"max_steps": 3, "log_every": 1, "val_every": 3}
     train(_cfg(shapes_data, tmp_path / "eager", tiny_settings, **kw))
     train(_cfg(shapes_data, tmp_path / "compiled", tiny_settings, compile=True, **kw))
@@ -356,7 +356,7 @@ def test_compile_covers_both_towers_paths() -> None:
         return gm.forward
 
     model = coembed.create_model("tiny-patch").eval()
-    assert loop_mod.compile_transformers(model, backend=backend) == 2
+    assert loop_mod.compile_units(model, backend=backend) == 2
     with torch.no_grad():
         model.encode_image(torch.randn(2, 3, 64, 64))
         assert len(graphs) >= 1
