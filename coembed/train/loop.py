@@ -175,13 +175,18 @@ def compile_units(model: torch.nn.Module, backend: str = "inductor") -> int:
     are unaffected), with dynamic shapes for varying text lengths and batch sizes; returns how many.
 
     The units are every Transformer stack (both entry points: ``forward`` and ``forward_first``, a
-    class-token ViT's path) and every module whose class sets ``compile_unit = True``: a network that is
-    not a Transformer stack, such as the diffusion U-Net, whose ``forward`` is the whole denoiser."""
+    class-token ViT's path), compiled for dynamic sequence lengths, and every module whose class sets
+    ``compile_unit = True``: a network that is not a Transformer stack, such as the diffusion U-Net, whose
+    ``forward`` is the whole denoiser. Those keep torch's default (static shapes; a dimension that changes,
+    such as a smaller last batch, becomes dynamic on the one recompile): inductor cannot compile the U-Net
+    with symbolic image sides (its stride ordering compares ``3*s**2`` with ``3*s``)."""
     units = [m for m in model.modules() if isinstance(m, Transformer) or getattr(m, "compile_unit", False)]
     for unit in units:
-        unit.compile(dynamic=True, backend=backend)
         if isinstance(unit, Transformer):
+            unit.compile(backend=backend)
             unit.forward_first = torch.compile(unit.forward_first, dynamic=True, backend=backend)
+        else:
+            unit.compile(backend=backend)
     return len(units)
 
 
