@@ -36,10 +36,23 @@ EVAL="--checkpoint $B/diffusion-m1 --data $B/data/shapes32 --reader $B/readers/r
 $PY -m coembed eval --task generation $EVAL --scorer /tmp/bbench/tiny --fusion /work/capfilt2-bench/filter-ft \
   --out $B/eval/diffusion-m1-single.json --grid $B/eval/diffusion-m1-single-grid.png
 $PY -m coembed eval --task generation $EVAL --scorer $B/minilm64 --out $B/eval/diffusion-m1-single-minilm.json
-# The long run with a 32 px U-Net level (docs/generation.md, "The architecture question"): started in session 14,
-# to be continued; RESUME=1 continues it from its last checkpoint.
+# The long run with a 32 px U-Net level (docs/generation.md, "The architecture question"): started in session 14
+# and stopped by hand at step 2,000 in session 15 (its checkpoint copied to $B/p1-2000); RESUME=1 continues it.
 $PY -m coembed train --preset diffusion-tiny --data $B/shapes32-s1 --out $B/diffusion-p1 \
   --set model.text_path=$B/minilm64 --set model.patch_size=1 --set "model.channels=[32,64,128]" --set "model.attention_levels=[2]" \
   --set precision=fp32 --set workers=0 --set cache_images=true --batch-size 32 --set weight_decay=0.0 --set log_every=50 \
   --set val_samples=99 --no-progress --max-steps 30000 --set lr=5e-4 --set warmup_steps=200 --set val_every=500 \
   --set save_every=250 --set ema_decay=0.999 ${RESUME:+--resume}
+# Session 15: Min-SNR-5 weighting against none, both from p1's step-2,000 weights (EMA), 1 thread each side by side
+# (30,000-step schedules, both stopped by hand at step 1,000; docs/generation.md, "Min-SNR-gamma"); the Min-SNR run then
+# continued alone with RESUME=1 at 2 threads.
+[ -d $B/p1-2000 ] || cp -r $B/diffusion-p1/checkpoint $B/p1-2000
+for gamma in 0 5; do
+  name=$([ $gamma = 0 ] && echo ab-plain || echo ab-snr5)
+  OMP_NUM_THREADS=1 $PY -m coembed train --preset diffusion-tiny --data $B/shapes32-s1 --out $B/$name \
+    --set init_from=$B/p1-2000 --set model.text_path=$B/minilm64 --set model.patch_size=1 --set "model.channels=[32,64,128]" \
+    --set "model.attention_levels=[2]" --set model.snr_gamma=$gamma --set precision=fp32 --set workers=0 --set cache_images=true \
+    --batch-size 32 --set weight_decay=0.0 --set log_every=50 --set val_samples=99 --no-progress --max-steps 30000 --set lr=5e-4 \
+    --set warmup_steps=100 --set val_every=500 --set save_every=250 --set ema_decay=0.999 ${RESUME:+--resume} &
+done
+wait
