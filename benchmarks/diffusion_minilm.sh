@@ -56,3 +56,8 @@ for gamma in 0 5; do
     --set warmup_steps=100 --set val_every=500 --set save_every=250 --set ema_decay=0.999 ${RESUME:+--resume} &
 done
 wait
+# The Min-SNR run was stopped at step 4,500 (session 15's end) and scored on the 100 single-object test prompts:
+EVAL5="--checkpoint $B/ab-snr5 --data $B/data/shapes32 --reader $B/readers/r32 --layouts single --prompts-per-layout 100
+  --steps 25 --guidance 3 --seed 0"
+$PY -m coembed eval --task generation $EVAL5 --scorer /tmp/bbench/tiny --fusion /work/capfilt2-bench/filter-ft \
+  --out $B/eval/snr5-4500-single.json --grid $B/eval/snr5-4500-single-grid.png
