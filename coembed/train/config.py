@@ -69,7 +69,7 @@ class TrainConfig:
     # loss and gradients as the whole batch (negatives span it), activations of one micro-batch at a time.
     accum_steps: int = 1
     # torch.compile (inductor) every Transformer stack of the model and the diffusion U-Net (train.loop.compile_units):
-    # costs a one-off compile (~1 min on a 2-core CPU for `tiny`), then faster steps; shapes are dynamic.
+    # costs a one-off compile (~1 min on a 2-core CPU for `tiny`), then faster steps; text lengths are dynamic.
     compile: bool = False
     # Where to train: "auto" = this process's GPU (LOCAL_RANK under torchrun) when there is one, else the CPU.
     device: str = "auto"

@@ -172,21 +172,20 @@ def _refuse_tokenizer_from(cfg: TrainConfig, reader: str) -> None:
 
 def compile_units(model: torch.nn.Module, backend: str = "inductor") -> int:
     """``torch.compile`` the compute units of ``model`` in place (parameter names unchanged, so checkpoints
-    are unaffected), with dynamic shapes for varying text lengths and batch sizes; returns how many.
+    are unaffected); returns how many.
 
-    The units are every Transformer stack (both entry points: ``forward`` and ``forward_first``, a
-    class-token ViT's path), compiled for dynamic sequence lengths, and every module whose class sets
-    ``compile_unit = True``: a network that is not a Transformer stack, such as the diffusion U-Net, whose
-    ``forward`` is the whole denoiser. Those keep torch's default (static shapes; a dimension that changes,
-    such as a smaller last batch, becomes dynamic on the one recompile): inductor cannot compile the U-Net
-    with symbolic image sides (its stride ordering compares ``3*s**2`` with ``3*s``)."""
+    The units are every Transformer stack, both entry points (``forward`` and ``forward_first``, a
+    class-token ViT's path) compiled for dynamic shapes (text lengths vary), and every module whose class
+    sets ``compile_unit = True``: a network that is not a Transformer stack, such as the diffusion U-Net,
+    whose ``forward`` is the whole denoiser. Those keep torch's default (static shapes; a dimension that
+    changes, such as a smaller last batch, becomes dynamic on the one recompile): inductor cannot compile
+    the U-Net with symbolic image sides (its stride ordering compares ``3*s**2`` with ``3*s``)."""
     units = [m for m in model.modules() if isinstance(m, Transformer) or getattr(m, "compile_unit", False)]
     for unit in units:
-        if isinstance(unit, Transformer):
-            unit.compile(backend=backend)
+        stack = isinstance(unit, Transformer)
+        unit.compile(dynamic=True if stack else None, backend=backend)
+        if stack:
             unit.forward_first = torch.compile(unit.forward_first, dynamic=True, backend=backend)
-        else:
-            unit.compile(backend=backend)
     return len(units)
 
 
