@@ -292,10 +292,10 @@ class Diffusion(nn.Module):
     """
 
     config_class = DiffusionConfig
-    # `--set compile=true` compiles forward, the whole U-Net (train.loop.compile_units). On a 2-core CPU a
-    # compiled training step of the 32 px, [32, 64, 128] U-Net was ~1.25x faster than eager, after ~4 min of
-    # compiling (and again for validation's shapes): worth it for runs of hours. Compiling each block
-    # separately gained less (1.16x; the blocks share code and hit dynamo's recompile limit).
+    # `--set compile=true` compiles forward, the whole U-Net (train.loop.compile_units). In a one-off timing on
+    # a 2-core CPU (not yet a benchmarks/ script) a compiled training step of the 32 px, [32, 64, 128] U-Net was
+    # ~1.25x faster than eager, after ~4 min of compiling (and again for validation's shapes): for runs of
+    # hours. Compiling each block separately gained less (1.16x; the blocks hit dynamo's recompile limit).
     compile_unit = True
 
     def __init__(self, cfg: DiffusionConfig) -> None:
